@@ -1,0 +1,154 @@
+"""Model hyperparameters: one dataclass, and the presets minigrok knows.
+
+Every number a forward pass needs lives here, so a reader can see the whole architecture
+at a glance. Values for the ``grok-1`` preset come from xai-org/grok-1 (run.py, model.py);
+see ../shared/reference/grok1-architecture.md in the project notes for each source.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Hyperparameters of a Grok-style mixture-of-experts transformer.
+
+    Attributes:
+        vocab_size: number of token ids (tokens).
+        d_model: width of the residual stream.
+        n_layers: number of decoder layers.
+        n_heads: number of query heads.
+        n_kv_heads: number of key/value heads (grouped-query attention); divides n_heads.
+        head_dim: width of one attention head. llama.cpp's grok graph needs n_heads * head_dim == d_model.
+        d_ff: hidden width of one GeGLU expert (llama.cpp: ``expert_feed_forward_length``).
+        num_experts: experts per MoE layer.
+        top_k: experts selected per token (Grok-1: 2).
+        rope_theta: RoPE base frequency.
+        rms_eps: epsilon inside RMSNorm's square root.
+        embedding_multiplier: scales the embedding lookup (Grok-1: sqrt(6144)).
+        attention_multiplier: scales q·k, in place of 1/sqrt(head_dim) (Grok-1: 1/sqrt(128)).
+        attn_logit_softcap: c in c·tanh(s/c) on attention logits (Grok-1: 30); 0 turns it off.
+        output_multiplier: scales the final logits (Grok-1: 1/sqrt(3)).
+        renormalize_gates: False = xAI's raw top-k softmax probabilities as gates;
+            True = llama.cpp's grok graph (build_moe_ffn with norm_w=true), gates divided by their sum.
+        context_length: longest sequence the model is meant to see (tokens).
+    """
+
+    vocab_size: int
+    d_model: int
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    head_dim: int
+    d_ff: int
+    num_experts: int = 8
+    top_k: int = 2
+    rope_theta: float = 10000.0
+    rms_eps: float = 1e-5
+    embedding_multiplier: float = 1.0
+    attention_multiplier: float = 1.0
+    attn_logit_softcap: float = 30.0
+    output_multiplier: float = 1.0
+    renormalize_gates: bool = False
+    context_length: int = 256
+
+    def __post_init__(self):
+        def need(ok: bool, msg: str):
+            if not ok:
+                raise ValueError(f"invalid ModelConfig: {msg}")
+
+        for name in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim", "d_ff",
+                     "num_experts", "top_k", "context_length"):
+            need(int(getattr(self, name)) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
+        need(self.n_heads % self.n_kv_heads == 0,
+             f"n_heads ({self.n_heads}) must be a multiple of n_kv_heads ({self.n_kv_heads})")
+        need(self.head_dim % 2 == 0, f"head_dim must be even for RoPE, got {self.head_dim}")
+        need(self.top_k <= self.num_experts,
+             f"top_k ({self.top_k}) must be <= num_experts ({self.num_experts})")
+        need(self.rms_eps > 0, f"rms_eps must be > 0, got {self.rms_eps}")
+        need(self.attn_logit_softcap >= 0, f"attn_logit_softcap must be >= 0, got {self.attn_logit_softcap}")
+
+    def replace(self, **changes) -> ModelConfig:
+        """A copy with some fields changed (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+    # ---- parameter arithmetic -------------------------------------------------------------
+    def param_shapes(self) -> dict[str, tuple[int, ...]]:
+        """NumPy shapes of every tensor, keyed by llama.cpp's grok GGUF names.
+
+        NumPy order is the reverse of GGML's ``ne``: a weight used as ``y = x @ W.T`` is (out, in).
+        """
+        d, hd = self.d_model, self.head_dim
+        shapes: dict[str, tuple[int, ...]] = {
+            "token_embd.weight": (self.vocab_size, d),
+            "output_norm.weight": (d,),
+        }
+        for i in range(self.n_layers):
+            p = f"blk.{i}."
+            shapes.update({
+                p + "attn_norm.weight": (d,),
+                p + "attn_q.weight": (self.n_heads * hd, d),
+                p + "attn_k.weight": (self.n_kv_heads * hd, d),
+                p + "attn_v.weight": (self.n_kv_heads * hd, d),
+                p + "attn_output.weight": (d, self.n_heads * hd),
+                p + "attn_output_norm.weight": (d,),
+                p + "ffn_norm.weight": (d,),
+                p + "ffn_gate_inp.weight": (self.num_experts, d),
+                p + "ffn_gate_exps.weight": (self.num_experts, self.d_ff, d),
+                p + "ffn_up_exps.weight": (self.num_experts, self.d_ff, d),
+                p + "ffn_down_exps.weight": (self.num_experts, d, self.d_ff),
+                p + "layer_output_norm.weight": (d,),
+            })
+        return shapes
+
+    def n_params(self) -> int:
+        """Total number of parameters (the unembedding is tied, so counted once)."""
+        return sum(math.prod(s) for s in self.param_shapes().values())
+
+    def n_active_params(self) -> int:
+        """Parameters used per token: everything except the (num_experts - top_k) unselected experts."""
+        expert = 3 * self.d_ff * self.d_model  # gate, up, down of one expert
+        return self.n_params() - self.n_layers * (self.num_experts - self.top_k) * expert
+
+
+def grok1_constants(d_model: int, head_dim: int) -> dict[str, float]:
+    """Grok-1's multipliers expressed for any width: sqrt(d_model), 1/sqrt(head_dim), 1/sqrt(3)."""
+    return {
+        "embedding_multiplier": math.sqrt(d_model),
+        "attention_multiplier": 1.0 / math.sqrt(head_dim),
+        "output_multiplier": 1.0 / math.sqrt(3.0),
+        "attn_logit_softcap": 30.0,
+    }
+
+
+PRESETS: dict[str, ModelConfig] = {
+    # The real thing (xai-org/grok-1 run.py): 314 B parameters, ~86 B active per token.
+    "grok-1": ModelConfig(
+        vocab_size=131072, d_model=6144, n_layers=64, n_heads=48, n_kv_heads=8, head_dim=128,
+        d_ff=32768, num_experts=8, top_k=2, rope_theta=10000.0, rms_eps=1e-5,
+        embedding_multiplier=78.38367176906169, attention_multiplier=0.08838834764831845,
+        attn_logit_softcap=30.0, output_multiplier=0.5773502691896257, renormalize_gates=False,
+        context_length=8192,
+    ),
+    # The model we train on Shakespeare: Grok-1 scaled down, same shape of everything.
+    "grok-mini": ModelConfig(
+        vocab_size=4096, d_model=256, n_layers=6, n_heads=8, n_kv_heads=2, head_dim=32, d_ff=256,
+        num_experts=8, top_k=2, context_length=256, **grok1_constants(256, 32),
+    ),
+    # A few-second model for tests and lessons.
+    "grok-tiny": ModelConfig(
+        vocab_size=512, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=16, d_ff=64,
+        num_experts=4, top_k=2, context_length=64, **grok1_constants(64, 16),
+    ),
+}
+
+
+def get_preset(name: str) -> ModelConfig:
+    """The preset called ``name``. Raises KeyError naming the presets that exist."""
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise KeyError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}") from None
