@@ -60,14 +60,25 @@ class ModelConfig:
             if not ok:
                 raise ValueError(f"invalid ModelConfig: {msg}")
 
-        for name in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim", "d_ff",
-                     "num_experts", "top_k", "context_length"):
+        for name in (
+            "vocab_size",
+            "d_model",
+            "n_layers",
+            "n_heads",
+            "n_kv_heads",
+            "head_dim",
+            "d_ff",
+            "num_experts",
+            "top_k",
+            "context_length",
+        ):
             need(int(getattr(self, name)) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
-        need(self.n_heads % self.n_kv_heads == 0,
-             f"n_heads ({self.n_heads}) must be a multiple of n_kv_heads ({self.n_kv_heads})")
+        need(
+            self.n_heads % self.n_kv_heads == 0,
+            f"n_heads ({self.n_heads}) must be a multiple of n_kv_heads ({self.n_kv_heads})",
+        )
         need(self.head_dim % 2 == 0, f"head_dim must be even for RoPE, got {self.head_dim}")
-        need(self.top_k <= self.num_experts,
-             f"top_k ({self.top_k}) must be <= num_experts ({self.num_experts})")
+        need(self.top_k <= self.num_experts, f"top_k ({self.top_k}) must be <= num_experts ({self.num_experts})")
         need(self.rms_eps > 0, f"rms_eps must be > 0, got {self.rms_eps}")
         need(self.attn_logit_softcap >= 0, f"attn_logit_softcap must be >= 0, got {self.attn_logit_softcap}")
 
@@ -88,20 +99,22 @@ class ModelConfig:
         }
         for i in range(self.n_layers):
             p = f"blk.{i}."
-            shapes.update({
-                p + "attn_norm.weight": (d,),
-                p + "attn_q.weight": (self.n_heads * hd, d),
-                p + "attn_k.weight": (self.n_kv_heads * hd, d),
-                p + "attn_v.weight": (self.n_kv_heads * hd, d),
-                p + "attn_output.weight": (d, self.n_heads * hd),
-                p + "attn_output_norm.weight": (d,),
-                p + "ffn_norm.weight": (d,),
-                p + "ffn_gate_inp.weight": (self.num_experts, d),
-                p + "ffn_gate_exps.weight": (self.num_experts, self.d_ff, d),
-                p + "ffn_up_exps.weight": (self.num_experts, self.d_ff, d),
-                p + "ffn_down_exps.weight": (self.num_experts, d, self.d_ff),
-                p + "layer_output_norm.weight": (d,),
-            })
+            shapes.update(
+                {
+                    p + "attn_norm.weight": (d,),
+                    p + "attn_q.weight": (self.n_heads * hd, d),
+                    p + "attn_k.weight": (self.n_kv_heads * hd, d),
+                    p + "attn_v.weight": (self.n_kv_heads * hd, d),
+                    p + "attn_output.weight": (d, self.n_heads * hd),
+                    p + "attn_output_norm.weight": (d,),
+                    p + "ffn_norm.weight": (d,),
+                    p + "ffn_gate_inp.weight": (self.num_experts, d),
+                    p + "ffn_gate_exps.weight": (self.num_experts, self.d_ff, d),
+                    p + "ffn_up_exps.weight": (self.num_experts, self.d_ff, d),
+                    p + "ffn_down_exps.weight": (self.num_experts, d, self.d_ff),
+                    p + "layer_output_norm.weight": (d,),
+                }
+            )
         return shapes
 
     def n_params(self) -> int:
@@ -127,21 +140,51 @@ def grok1_constants(d_model: int, head_dim: int) -> dict[str, float]:
 PRESETS: dict[str, ModelConfig] = {
     # The real thing (xai-org/grok-1 run.py): 314 B parameters, ~86 B active per token.
     "grok-1": ModelConfig(
-        vocab_size=131072, d_model=6144, n_layers=64, n_heads=48, n_kv_heads=8, head_dim=128,
-        d_ff=32768, num_experts=8, top_k=2, rope_theta=10000.0, rms_eps=1e-5,
-        embedding_multiplier=78.38367176906169, attention_multiplier=0.08838834764831845,
-        attn_logit_softcap=30.0, output_multiplier=0.5773502691896257, renormalize_gates=False,
+        vocab_size=131072,
+        d_model=6144,
+        n_layers=64,
+        n_heads=48,
+        n_kv_heads=8,
+        head_dim=128,
+        d_ff=32768,
+        num_experts=8,
+        top_k=2,
+        rope_theta=10000.0,
+        rms_eps=1e-5,
+        embedding_multiplier=78.38367176906169,
+        attention_multiplier=0.08838834764831845,
+        attn_logit_softcap=30.0,
+        output_multiplier=0.5773502691896257,
+        renormalize_gates=False,
         context_length=8192,
     ),
     # The model we train on Shakespeare: Grok-1 scaled down, same shape of everything.
     "grok-mini": ModelConfig(
-        vocab_size=4096, d_model=256, n_layers=6, n_heads=8, n_kv_heads=2, head_dim=32, d_ff=256,
-        num_experts=8, top_k=2, context_length=256, **grok1_constants(256, 32),
+        vocab_size=4096,
+        d_model=256,
+        n_layers=6,
+        n_heads=8,
+        n_kv_heads=2,
+        head_dim=32,
+        d_ff=256,
+        num_experts=8,
+        top_k=2,
+        context_length=256,
+        **grok1_constants(256, 32),
     ),
     # A few-second model for tests and lessons.
     "grok-tiny": ModelConfig(
-        vocab_size=512, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=16, d_ff=64,
-        num_experts=4, top_k=2, context_length=64, **grok1_constants(64, 16),
+        vocab_size=512,
+        d_model=64,
+        n_layers=2,
+        n_heads=4,
+        n_kv_heads=2,
+        head_dim=16,
+        d_ff=64,
+        num_experts=4,
+        top_k=2,
+        context_length=64,
+        **grok1_constants(64, 16),
     ),
 }
 

@@ -1,0 +1,77 @@
+"""The small pure functions every layer is built from: RMSNorm, RoPE, GELU, soft-cap, softmax.
+
+All functions take and return float32 NumPy arrays and never modify their inputs.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+SQRT_2_OVER_PI = np.float32(np.sqrt(2.0 / np.pi))
+
+
+def linear(x: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """``x @ w.T`` for a weight stored (out, in) as in GGUF, over any leading axes: (..., in) -> (..., out).
+
+    The leading axes are flattened first, so NumPy makes one BLAS call (a stacked 3-D matmul is far slower).
+    """
+    return (x.reshape(-1, x.shape[-1]) @ w.T).reshape(*x.shape[:-1], w.shape[0])
+
+
+def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
+    """RMSNorm: ``weight * x / sqrt(mean(x**2) + eps)`` over the last axis, in float32.
+
+    Zhang & Sennrich 2019, eq. 4; Grok-1 (xai-org/grok-1 model.py, ``RMSNorm``) multiplies by ``scale``, not
+    ``1 + scale``. Shapes: x (..., d_model), weight (d_model,) -> (..., d_model).
+    """
+    x = x.astype(np.result_type(x, np.float32), copy=False)  # at least float32 (float64 in gradient checks)
+    mean_square = np.mean(x * x, axis=-1, keepdims=True)  # (..., 1)
+    return weight * (x / np.sqrt(mean_square + np.float32(eps)))  # (..., d_model)
+
+
+def rope_tables(positions: np.ndarray, head_dim: int, theta: float) -> tuple[np.ndarray, np.ndarray]:
+    """cos and sin of RoPE's angles ``pos * theta**(-2i/head_dim)``, i = 0 .. head_dim/2 - 1.
+
+    Su et al. 2021 (RoFormer), eq. 15. positions (T,) int -> cos, sin each (T, head_dim // 2) float32.
+    Angles are computed in float64 and then rounded, so long positions stay accurate.
+    """
+    inv_freq = theta ** (-np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)  # (head_dim/2,)
+    angles = np.asarray(positions, dtype=np.float64)[:, None] * inv_freq[None, :]  # (T, head_dim/2)
+    return np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
+
+
+def apply_rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
+    """Rotate pairs (x[i], x[i + head_dim/2]) by the RoPE angle: the "rotate-half" (GPT-NeoX) layout.
+
+    Grok-1 (model.py, ``RotaryEmbedding``) and llama.cpp (LLAMA_ROPE_TYPE_NEOX for grok) both use this layout,
+    not interleaved pairs. x (B, T, n_heads, head_dim); cos, sin (T, head_dim/2) -> (B, T, n_heads, head_dim).
+    To undo the rotation (the backward pass), pass ``-sin``.
+    """
+    half = x.shape[-1] // 2
+    x1, x2 = x[..., :half], x[..., half:]  # (B, T, H, head_dim/2) each
+    cos, sin = cos[:, None, :], sin[:, None, :]  # (T, 1, head_dim/2): broadcast over heads
+    return np.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)  # (B, T, H, head_dim)
+
+
+def gelu_tanh(x: np.ndarray) -> np.ndarray:
+    """GELU, tanh approximation: ``0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))``.
+
+    Hendrycks & Gimpel 2016, eq. in section 2; JAX's ``jax.nn.gelu`` default (approximate=True), used by Grok-1.
+    """
+    return 0.5 * x * (1.0 + np.tanh(SQRT_2_OVER_PI * (x + 0.044715 * x * x * x)))
+
+
+def softcap(s: np.ndarray, cap: float) -> np.ndarray:
+    """Soft-cap logits to (-cap, cap): ``cap * tanh(s / cap)``; near-identity for |s| << cap. cap 0 = off.
+
+    Grok-1 model.py (``attn_logits = 30 * tanh(attn_logits / 30)``); llama.cpp llama-graph.cpp (LLM_ARCH_GROK).
+    """
+    if cap <= 0:
+        return s
+    return cap * np.tanh(s / cap)
+
+
+def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Numerically stable softmax along ``axis`` (subtracts the max first). Same shape as x."""
+    e = np.exp(x - np.max(x, axis=axis, keepdims=True))
+    return e / np.sum(e, axis=axis, keepdims=True)

@@ -1,0 +1,98 @@
+"""The whole Grok-1 decoder stack on one screen: ``forward(params, config, tokens, cache) -> logits``.
+
+Parameters are a flat dict keyed by llama.cpp's grok GGUF tensor names (``"blk.0.attn_q.weight"`` -> array),
+so the dict *is* the checkpoint. One layer (xai-org/grok-1 model.py, ``DecoderLayer``; llama.cpp
+src/models/grok.cpp)::
+
+    h = h + post_attn_norm( attention( pre_attn_norm(h) ) )
+    h = h + post_moe_norm(  moe(       pre_moe_norm(h)  ) )
+    logits = output_multiplier * ( final_norm(h) @ token_embd.T )
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .attention import KVCache, attention
+from .config import ModelConfig
+from .layers import linear, rms_norm, rope_tables
+from .moe import moe
+
+
+def init_params(config: ModelConfig, seed: int = 0) -> dict[str, np.ndarray]:
+    """Random float32 parameters for ``config``: norms at 1, matrices ~ N(0, 0.02²), output projections
+    (attn_output, ffn_down_exps) scaled down by sqrt(2 n_layers) as in GPT-2. Deterministic for a seed."""
+    rng = np.random.default_rng(seed)
+    params = {}
+    for name, shape in config.param_shapes().items():
+        if len(shape) == 1:
+            params[name] = np.ones(shape, np.float32)
+            continue
+        std = 0.02
+        if name.endswith(("attn_output.weight", "ffn_down_exps.weight")):
+            std /= np.sqrt(2 * config.n_layers)
+        params[name] = (rng.standard_normal(shape, dtype=np.float32) * np.float32(std)).astype(np.float32)
+    return params
+
+
+def init_cache(config: ModelConfig, batch_size: int = 1, max_len: int | None = None) -> KVCache:
+    """An empty KV cache for up to ``max_len`` tokens (default: the context length)."""
+    max_len = config.context_length if max_len is None else max_len
+    return KVCache(config.n_layers, batch_size, config.n_kv_heads, max_len, config.head_dim)
+
+
+def forward(params: dict, config: ModelConfig, tokens: np.ndarray, cache: KVCache | None = None) -> np.ndarray:
+    """Logits for every position of ``tokens``.
+
+    tokens (B, T) int ids in [0, vocab_size). Without a cache the tokens are positions 0..T-1. With a cache,
+    they continue the cached sequence at positions cache.pos .. cache.pos+T-1 (their K/V are appended and
+    cache.pos advances): a prefill is one call on the prompt, a decode step one call on one token.
+    Returns (B, T, vocab_size) float32 logits (nats before softmax).
+    Raises ValueError if a token id is out of range, or the cache (or context) would overflow.
+    """
+    tokens = np.asarray(tokens)
+    if tokens.ndim != 2:
+        raise ValueError(f"tokens must be (batch, time), got shape {tokens.shape}")
+    B, T = tokens.shape
+    pos = cache.pos if cache is not None else 0
+    limit = cache.max_len if cache is not None else config.context_length
+    if pos + T > limit:
+        raise ValueError(f"sequence of {pos + T} tokens exceeds the {limit}-token limit of this model/cache")
+    if T and (tokens.min() < 0 or tokens.max() >= config.vocab_size):
+        raise ValueError(f"token ids must be in [0, {config.vocab_size}), got {tokens.min()}..{tokens.max()}")
+
+    eps = config.rms_eps
+    cos, sin = rope_tables(np.arange(pos, pos + T), config.head_dim, config.rope_theta)  # (T, head_dim/2)
+    x = params["token_embd.weight"][tokens] * np.float32(config.embedding_multiplier)  # (B, T, d_model)
+    for i in range(config.n_layers):
+        p = f"blk.{i}."
+        h = rms_norm(x, params[p + "attn_norm.weight"], eps)  # (B, T, d_model)
+        h = attention(
+            h,
+            params[p + "attn_q.weight"],
+            params[p + "attn_k.weight"],
+            params[p + "attn_v.weight"],
+            params[p + "attn_output.weight"],
+            cos,
+            sin,
+            config,
+            cache,
+            i,
+            pos,
+        )  # (B, T, d_model)
+        x = x + rms_norm(h, params[p + "attn_output_norm.weight"], eps)  # (B, T, d_model)
+        h = rms_norm(x, params[p + "ffn_norm.weight"], eps).reshape(B * T, -1)  # (B*T, d_model)
+        h = moe(
+            h,
+            params[p + "ffn_gate_inp.weight"],
+            params[p + "ffn_gate_exps.weight"],
+            params[p + "ffn_up_exps.weight"],
+            params[p + "ffn_down_exps.weight"],
+            config.top_k,
+            config.renormalize_gates,
+        )  # (B*T, d_model)
+        x = x + rms_norm(h.reshape(B, T, -1), params[p + "layer_output_norm.weight"], eps)  # (B, T, d_model)
+    if cache is not None:
+        cache.pos += T
+    x = rms_norm(x, params["output_norm.weight"], eps)  # (B, T, d_model)
+    return linear(x, params["token_embd.weight"]) * np.float32(config.output_multiplier)  # (B, T, vocab_size)
