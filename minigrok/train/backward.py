@@ -1,0 +1,321 @@
+"""Backpropagation by hand: a backward function for every operation of the forward pass, and the whole model.
+
+Each ``*_backward`` takes the gradient of the loss with respect to an operation's output (``dy``, same shape
+as the output) and what the forward pass saw, and returns the gradients with respect to the inputs and weights.
+Every one is checked against central finite differences in float64 (tests/test_backward.py).
+
+``loss_and_grads`` runs a training forward pass that keeps the activations (the same primitives as
+minigrok.model.forward, which a test ties to it), then walks the layers backwards.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..attention import attend, causal_mask, split_heads
+from ..config import ModelConfig
+from ..layers import SQRT_2_OVER_PI, apply_rope, gelu_tanh, linear, rms_norm, rope_tables, softmax
+from ..moe import route
+
+
+# ---- elementwise and normalisation --------------------------------------------------------------------
+def linear_backward(dy: np.ndarray, x: np.ndarray, w: np.ndarray):
+    """y = x @ w.T. dy (..., out), x (..., in), w (out, in) -> dx (..., in), dw (out, in)."""
+    dy2 = dy.reshape(-1, dy.shape[-1])  # (N, out)
+    dx = (dy2 @ w).reshape(x.shape)  # (..., in)
+    dw = dy2.T @ x.reshape(-1, x.shape[-1])  # (out, in)
+    return dx, dw
+
+
+def rms_norm_backward(dy: np.ndarray, x: np.ndarray, weight: np.ndarray, eps: float):
+    """y = w * x * r with r = 1/sqrt(mean(x²) + eps). Returns dx (..., d), dweight (d,).
+
+    dx = r * (g - x * r² * mean(g * x)) where g = dy * w (the quotient rule on x / rms(x)).
+    """
+    r = 1.0 / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + np.float32(eps))  # (..., 1)
+    g = dy * weight  # (..., d)
+    dx = r * (g - x * (r * r) * np.mean(g * x, axis=-1, keepdims=True))  # (..., d)
+    dweight = np.sum((dy * x * r).reshape(-1, x.shape[-1]), axis=0)  # (d,)
+    return dx, dweight
+
+
+def gelu_tanh_backward(dy: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """d/dx of 0.5 x (1 + tanh(u)), u = c (x + 0.044715 x³): 0.5 (1 + t) + 0.5 x (1 - t²) c (1 + 3·0.044715 x²)."""
+    t = np.tanh(SQRT_2_OVER_PI * (x + 0.044715 * x * x * x))
+    return dy * (0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * SQRT_2_OVER_PI * (1.0 + 3 * 0.044715 * x * x))
+
+
+def softmax_backward(dy: np.ndarray, probs: np.ndarray, axis: int = -1) -> np.ndarray:
+    """p = softmax(z): dz = p * (dy - sum(dy * p))."""
+    return probs * (dy - np.sum(dy * probs, axis=axis, keepdims=True))
+
+
+def rope_backward(dy: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
+    """RoPE is a rotation, so its backward is the rotation by the opposite angle."""
+    return apply_rope(dy, cos, -sin)
+
+
+def cross_entropy(logits: np.ndarray, targets: np.ndarray):
+    """Mean softmax cross-entropy in nats. logits (N, V), targets (N,) -> (loss, dlogits (N, V))."""
+    z = logits - np.max(logits, axis=-1, keepdims=True)  # (N, V)
+    logsumexp = np.log(np.sum(np.exp(z), axis=-1))  # (N,)
+    n = logits.shape[0]
+    loss = float(np.mean(logsumexp - z[np.arange(n), targets]))
+    dlogits = np.exp(z - logsumexp[:, None])  # (N, V): softmax
+    dlogits[np.arange(n), targets] -= 1.0
+    return loss, dlogits / np.float32(n)
+
+
+# ---- attention ----------------------------------------------------------------------------------------
+def attend_backward(dout, q, k, v, probs, multiplier: float, cap: float):
+    """Backward of minigrok.attention.attend (causal mask, soft-cap, GQA).
+
+    dout (B, T, n_heads, hd); q (B, T, n_heads, hd); k, v (B, n_kv, S, hd); probs (B, n_kv, group, T, S).
+    Returns dq (B, T, n_heads, hd), dk (B, n_kv, S, hd), dv (B, n_kv, S, hd). Masked logits get no gradient
+    (their probability is 0). Gradients of the query heads sharing a K/V head add up in dk and dv.
+    """
+    B, T, n_heads, hd = q.shape
+    n_kv, S = k.shape[1], k.shape[2]
+    group = n_heads // n_kv
+
+    def stack(a):  # (B, T, n_heads, hd) -> (B, n_kv, group*T, hd), the row layout of attend
+        return a.reshape(B, T, n_kv, group, hd).transpose(0, 2, 3, 1, 4).reshape(B, n_kv, group * T, hd)
+
+    do, qg = stack(dout), stack(q)  # (B, n_kv, group*T, hd)
+    p = probs.reshape(B, n_kv, group * T, S)  # (B, n_kv, group*T, S)
+    dv = p.transpose(0, 1, 3, 2) @ do  # (B, n_kv, S, hd)
+    dscores = softmax_backward(do @ v.transpose(0, 1, 3, 2), p)  # (B, n_kv, group*T, S): d(capped logits)
+    if cap > 0:  # d/ds of cap·tanh(s·m/cap) = m (1 - tanh²)
+        th = np.tanh((qg @ k.transpose(0, 1, 3, 2)) * np.float32(multiplier / cap))  # (B, n_kv, group*T, S)
+        dscores = dscores * (1.0 - th * th)
+    dscores *= np.float32(multiplier)
+    dq = dscores @ k  # (B, n_kv, group*T, hd)
+    dk = dscores.transpose(0, 1, 3, 2) @ qg  # (B, n_kv, S, hd)
+    dq = dq.reshape(B, n_kv, group, T, hd).transpose(0, 3, 1, 2, 4).reshape(B, T, n_heads, hd)
+    return dq, dk, dv
+
+
+def attention_forward(x, wq, wk, wv, wo, cos, sin, config: ModelConfig):
+    """Training forward of one attention block (full causal sequence); returns (y (B, T, d_model), saved)."""
+    B, T, _ = x.shape
+    q = apply_rope(split_heads(linear(x, wq), config.n_heads), cos, sin)  # (B, T, n_heads, hd)
+    k = apply_rope(split_heads(linear(x, wk), config.n_kv_heads), cos, sin).transpose(0, 2, 1, 3)  # (B, n_kv, T, hd)
+    v = split_heads(linear(x, wv), config.n_kv_heads).transpose(0, 2, 1, 3)  # (B, n_kv, T, hd)
+    mask = causal_mask(T, T, 0)  # (T, T)
+    out, probs = attend(q, k, v, mask, config.attention_multiplier, config.attn_logit_softcap)  # (B,T,H,hd)
+    o = out.reshape(B, T, -1)  # (B, T, n_heads*hd)
+    return linear(o, wo), (x, q, k, v, probs, o)
+
+
+def attention_backward(dy, saved, wq, wk, wv, wo, cos, sin, config: ModelConfig):
+    """Backward of attention_forward. Returns dx (B, T, d_model) and (dwq, dwk, dwv, dwo)."""
+    x, q, k, v, probs, o = saved
+    B, T, _ = x.shape
+    do, dwo = linear_backward(dy, o, wo)  # (B, T, n_heads*hd)
+    dq, dk, dv = attend_backward(
+        do.reshape(q.shape), q, k, v, probs, config.attention_multiplier, config.attn_logit_softcap
+    )
+    dq = rope_backward(dq, cos, sin).reshape(B, T, -1)  # (B, T, n_heads*hd)
+    dk = rope_backward(dk.transpose(0, 2, 1, 3), cos, sin).reshape(B, T, -1)  # (B, T, n_kv*hd)
+    dv = dv.transpose(0, 2, 1, 3).reshape(B, T, -1)  # (B, T, n_kv*hd)
+    dx_q, dwq = linear_backward(dq, x, wq)
+    dx_k, dwk = linear_backward(dk, x, wk)
+    dx_v, dwv = linear_backward(dv, x, wv)
+    return dx_q + dx_k + dx_v, (dwq, dwk, dwv, dwo)
+
+
+# ---- mixture of experts -------------------------------------------------------------------------------
+def moe_forward(x, w_router, w_gate, w_up, w_down, config: ModelConfig):
+    """Training forward of the MoE layer, x (N, d_model) -> (y (N, d_model), saved). Same maths as moe.moe."""
+    expert_ids, gates, probs = route(x, w_router, config.top_k, config.renormalize_gates)  # (N, k), (N, k), (N, E)
+    y = np.zeros_like(x)  # (N, d_model)
+    per_expert = []
+    for e in range(config.num_experts):
+        tokens, slot = np.nonzero(expert_ids == e)  # (n_e,), (n_e,)
+        xe = x[tokens]  # (n_e, d_model)
+        a = xe @ w_gate[e].T  # (n_e, d_ff): gate pre-activation
+        u = xe @ w_up[e].T  # (n_e, d_ff)
+        hidden = gelu_tanh(a) * u  # (n_e, d_ff)
+        ye = hidden @ w_down[e].T  # (n_e, d_model)
+        y[tokens] += gates[tokens, slot, None] * ye
+        per_expert.append((tokens, slot, xe, a, u, hidden, ye))
+    router_logits = x @ w_router.T  # (N, E), kept for the z-loss
+    return y, (x, expert_ids, gates, probs, router_logits, per_expert)
+
+
+def moe_backward(dy, saved, w_router, w_gate, w_up, w_down, config: ModelConfig, dprobs_extra=None, dlogits_extra=None):
+    """Backward of moe_forward. dy (N, d_model). Extra gradients from the auxiliary losses can be added on the
+    router probabilities (dprobs_extra (N, E)) and router logits (dlogits_extra (N, E)).
+
+    The top-k choice itself is piecewise constant, so gradients reach the router only through the gates.
+    Returns dx (N, d_model), (dw_router, dw_gate, dw_up, dw_down).
+    """
+    x, expert_ids, gates, probs, _, per_expert = saved
+    dx = np.zeros_like(x)
+    dgates = np.zeros_like(gates)  # (N, k)
+    dw_gate, dw_up, dw_down = np.zeros_like(w_gate), np.zeros_like(w_up), np.zeros_like(w_down)
+    for e, (tokens, slot, xe, a, u, hidden, ye) in enumerate(per_expert):
+        if tokens.size == 0:
+            continue
+        g = gates[tokens, slot, None]  # (n_e, 1)
+        dgates[tokens, slot] = np.sum(dy[tokens] * ye, axis=-1)
+        dye = dy[tokens] * g  # (n_e, d_model)
+        dw_down[e] = dye.T @ hidden  # (d_model, d_ff)
+        dhidden = dye @ w_down[e]  # (n_e, d_ff)
+        da = gelu_tanh_backward(dhidden * u, a)  # (n_e, d_ff)
+        du = dhidden * gelu_tanh(a)  # (n_e, d_ff)
+        dw_gate[e] = da.T @ xe
+        dw_up[e] = du.T @ xe
+        dx[tokens] += da @ w_gate[e] + du @ w_up[e]
+    # gates -> router probabilities (only the selected ones)
+    selected = np.take_along_axis(probs, expert_ids, axis=-1)  # (N, k)
+    if config.renormalize_gates:  # g = p / sum(p): dp = (dg - sum(dg * g)) / sum(p)
+        dselected = (dgates - np.sum(dgates * gates, axis=-1, keepdims=True)) / np.sum(selected, -1, keepdims=True)
+    else:
+        dselected = dgates
+    dprobs = np.zeros_like(probs)  # (N, E)
+    np.put_along_axis(dprobs, expert_ids, dselected, axis=-1)
+    if dprobs_extra is not None:
+        dprobs += dprobs_extra
+    dlogits = softmax_backward(dprobs, probs)  # (N, E)
+    if dlogits_extra is not None:
+        dlogits += dlogits_extra
+    dx_router, dw_router = linear_backward(dlogits, x, w_router)
+    return dx + dx_router, (dw_router, dw_gate, dw_up, dw_down)
+
+
+def load_balancing_loss(probs: np.ndarray, expert_ids: np.ndarray, num_experts: int):
+    """Switch Transformer aux loss (Fedus et al. 2021, eq. 4-6), without its coefficient: E · Σ_i f_i · P_i.
+
+    f_i = fraction of tokens routed to expert i (counting all top-k slots, so Σ f = top_k), P_i = mean router
+    probability of expert i. A perfectly balanced router gives top_k. probs (N, E), expert_ids (N, k).
+    Returns (loss, dprobs (N, E)); f is a count, so the gradient flows through P only.
+    """
+    n = probs.shape[0]
+    f = np.bincount(expert_ids.ravel(), minlength=num_experts).astype(np.float32) / np.float32(n)  # (E,)
+    P = np.mean(probs, axis=0)  # (E,)
+    loss = float(num_experts * np.sum(f * P))
+    dprobs = np.broadcast_to(num_experts * f / np.float32(n), probs.shape).astype(np.float32)  # (N, E)
+    return loss, dprobs
+
+
+def router_z_loss(router_logits: np.ndarray):
+    """ST-MoE router z-loss (Zoph et al. 2022, eq. 5), without its coefficient: mean_tokens logsumexp(logits)².
+
+    router_logits (N, E) -> (loss, dlogits (N, E)); d/dz of lse² = 2 lse softmax(z).
+    """
+    m = np.max(router_logits, axis=-1, keepdims=True)
+    lse = m[:, 0] + np.log(np.sum(np.exp(router_logits - m), axis=-1))  # (N,)
+    n = router_logits.shape[0]
+    loss = float(np.mean(lse * lse))
+    dlogits = (2.0 * lse / n)[:, None] * softmax(router_logits, axis=-1)  # (N, E)
+    return loss, dlogits.astype(np.float32)
+
+
+# ---- the whole model ----------------------------------------------------------------------------------
+def layer_params(params: dict, i: int) -> dict:
+    """Layer i's tensors by short name: {"attn_q": params["blk.i.attn_q.weight"], ...}."""
+    prefix = f"blk.{i}."
+    return {k[len(prefix) : -len(".weight")]: v for k, v in params.items() if k.startswith(prefix)}
+
+
+def loss_and_grads(
+    params: dict,
+    config: ModelConfig,
+    tokens: np.ndarray,
+    targets: np.ndarray,
+    aux_loss_coef: float = 0.0,
+    z_loss_coef: float = 0.0,
+):
+    """Cross-entropy (nats/token) of next-token prediction plus the MoE auxiliary losses, and all gradients.
+
+    tokens, targets (B, T) int. Returns (loss, grads, stats): loss = ce + aux_loss_coef·Σ_layers aux +
+    z_loss_coef·Σ_layers z; grads has the same keys and shapes as params (float32); stats has "ce", "aux",
+    "z" (summed over layers, without coefficients) and "expert_load" (n_layers, num_experts): the fraction of
+    token-slots routed to each expert.
+    """
+    B, T = tokens.shape
+    eps = config.rms_eps
+    cos, sin = rope_tables(np.arange(T), config.head_dim, config.rope_theta)  # (T, hd/2)
+    emb = params["token_embd.weight"]
+    x = emb[tokens] * np.float32(config.embedding_multiplier)  # (B, T, d_model)
+
+    tape = []
+    for i in range(config.n_layers):
+        p = layer_params(params, i)
+        x_in = x
+        h = rms_norm(x, p["attn_norm"], eps)
+        a, att_saved = attention_forward(h, p["attn_q"], p["attn_k"], p["attn_v"], p["attn_output"], cos, sin, config)
+        x = x + rms_norm(a, p["attn_output_norm"], eps)
+        x_mid = x
+        h2 = rms_norm(x, p["ffn_norm"], eps).reshape(B * T, -1)  # (B*T, d_model)
+        m, moe_saved = moe_forward(
+            h2, p["ffn_gate_inp"], p["ffn_gate_exps"], p["ffn_up_exps"], p["ffn_down_exps"], config
+        )
+        m = m.reshape(B, T, -1)
+        x = x + rms_norm(m, p["layer_output_norm"], eps)
+        tape.append((x_in, h, a, x_mid, h2, m, att_saved, moe_saved))
+    x_final = x
+    xf = rms_norm(x, params["output_norm.weight"], eps)  # (B, T, d_model)
+    logits = linear(xf, emb) * np.float32(config.output_multiplier)  # (B, T, V)
+    ce, dlogits = cross_entropy(logits.reshape(B * T, -1), targets.reshape(-1))
+    del logits
+
+    grads = {name: None for name in params}
+    dlogits = dlogits.reshape(B, T, -1) * np.float32(config.output_multiplier)
+    dxf, demb = linear_backward(dlogits, xf, emb)
+    del dlogits
+    dx, grads["output_norm.weight"] = rms_norm_backward(dxf, x_final, params["output_norm.weight"], eps)
+
+    aux_total = z_total = 0.0
+    load = np.zeros((config.n_layers, config.num_experts), np.float32)
+    for i in reversed(range(config.n_layers)):
+        p = layer_params(params, i)
+        g = {}  # this layer's gradients, by short name
+        x_in, h, a, x_mid, h2, m, att_saved, moe_saved = tape.pop()
+        _, expert_ids, _, probs, router_logits, _ = moe_saved
+        aux, dprobs_aux = load_balancing_loss(probs, expert_ids, config.num_experts)
+        z, dlogits_z = router_z_loss(router_logits)
+        aux_total += aux
+        z_total += z
+        load[i] = np.bincount(expert_ids.ravel(), minlength=config.num_experts) / expert_ids.size
+        # x = x_mid + norm(m)
+        dm, g["layer_output_norm"] = rms_norm_backward(dx, m, p["layer_output_norm"], eps)
+        dh2, (dwr, dwg, dwu, dwd) = moe_backward(
+            dm.reshape(B * T, -1),
+            moe_saved,
+            p["ffn_gate_inp"],
+            p["ffn_gate_exps"],
+            p["ffn_up_exps"],
+            p["ffn_down_exps"],
+            config,
+            dprobs_extra=np.float32(aux_loss_coef) * dprobs_aux,
+            dlogits_extra=np.float32(z_loss_coef) * dlogits_z,
+        )
+        g["ffn_gate_inp"], g["ffn_gate_exps"] = dwr, dwg
+        g["ffn_up_exps"], g["ffn_down_exps"] = dwu, dwd
+        dx_mid, g["ffn_norm"] = rms_norm_backward(dh2.reshape(B, T, -1), x_mid, p["ffn_norm"], eps)
+        dx = dx + dx_mid
+        # x_mid = x_in + norm(a)
+        da, g["attn_output_norm"] = rms_norm_backward(dx, a, p["attn_output_norm"], eps)
+        dh, (dwq, dwk, dwv, dwo) = attention_backward(
+            da, att_saved, p["attn_q"], p["attn_k"], p["attn_v"], p["attn_output"], cos, sin, config
+        )
+        g["attn_q"], g["attn_k"], g["attn_v"], g["attn_output"] = (
+            dwq,
+            dwk,
+            dwv,
+            dwo,
+        )
+        dx_in, g["attn_norm"] = rms_norm_backward(dh, x_in, p["attn_norm"], eps)
+        dx = dx + dx_in
+        grads.update({f"blk.{i}.{n}.weight": v for n, v in g.items()})
+
+    # embedding lookup (with its multiplier): scatter-add the rows back
+    dx = dx * np.float32(config.embedding_multiplier)
+    np.add.at(demb, tokens.reshape(-1), dx.reshape(B * T, -1))
+    grads["token_embd.weight"] = demb
+
+    loss = ce + aux_loss_coef * aux_total + z_loss_coef * z_total
+    stats = {"ce": ce, "aux": aux_total, "z": z_total, "expert_load": load}
+    return loss, grads, stats
