@@ -47,7 +47,7 @@ def moe(x, w_router, w_gate_exps, w_up_exps, w_down_exps, top_k: int, renormaliz
     w_down_exps (num_experts, d_model, d_ff) -> (N, d_model) float32.
     """
     expert_ids, gates, _ = route(x, w_router, top_k, renormalize)  # (N, top_k) each
-    out = np.zeros_like(x, dtype=np.float32)  # (N, d_model)
+    out = np.zeros_like(x)  # (N, d_model)
     for e in range(w_router.shape[0]):
         tokens, slot = np.nonzero(expert_ids == e)  # which tokens chose expert e, and in which of their k slots
         if tokens.size == 0:

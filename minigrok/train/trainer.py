@@ -1,0 +1,276 @@
+"""The training loop: ``python -m minigrok train --config configs/shakespeare.toml [--resume]``.
+
+Random windows of the training tokens -> loss_and_grads (hand-written backward) -> gradient clipping -> AdamW
+with warm-up and cosine decay. Deterministic for a seed: the batch of step s is drawn from a generator seeded with
+(seed, s), so a run killed and resumed from a checkpoint follows the same loss curve as one that was never stopped.
+
+Written to ``out_dir``: ``ckpt.gguf`` (the model, F32, loadable by ``generate``/``eval``/llama.cpp) with
+``ckpt.opt.npz`` beside it (AdamW moments and step, plain arrays), both replaced atomically every few minutes and
+at the end; ``log.jsonl`` (one JSON object per line: train steps, evaluations, expert load).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from ..checkpoint import load_gguf, read_metadata, save_gguf
+from ..config import ModelConfig, get_preset
+from ..evaluate import token_nats
+from ..model import forward, init_params
+from ..tokenizer import Tokenizer
+from .backward import loss_and_grads
+from .data import load_meta, load_split
+from .optim import AdamW, clip_grad_norm, lr_at
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run depends on. Loaded from a TOML file with [model], [data] and [train] tables."""
+
+    preset: str = "grok-mini"
+    model_overrides: dict = field(default_factory=dict)  # ModelConfig fields that differ from the preset
+    data_dir: str = "data/shakespeare"
+    out_dir: str = "runs/shakespeare"
+    seed: int = 1337
+    batch_size: int = 16  # sequences per step
+    max_steps: int = 1000
+    lr: float = 2e-3
+    min_lr: float = 2e-4
+    warmup_steps: int = 100
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0
+    aux_loss_coef: float = 0.01  # Switch Transformer load-balancing loss
+    z_loss_coef: float = 0.001  # ST-MoE router z-loss
+    eval_interval: int = 100  # steps between validation losses
+    eval_windows: int = 32  # validation windows (of context_length tokens) per evaluation
+    checkpoint_minutes: float = 5.0
+
+    @classmethod
+    def from_toml(cls, path: str | os.PathLike) -> TrainConfig:
+        """Read a config file. Raises FileNotFoundError, or ValueError naming an unknown or mistyped key."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file {path} not found (example: configs/shakespeare.toml)")
+        try:
+            raw = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as e:
+            raise ValueError(f"{path} is not valid TOML: {e}") from None
+        model = dict(raw.get("model", {}))
+        flat = {"preset": model.pop("preset", cls.preset), "model_overrides": model}
+        flat.update(raw.get("data", {}))
+        flat.update(raw.get("train", {}))
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        for key, value in flat.items():
+            if key not in known:
+                raise ValueError(f"{path}: unknown setting {key!r}; known: {', '.join(known)}")
+            default = known[key].default
+            if isinstance(default, (int, float)) and not isinstance(value, (int, float)):
+                raise ValueError(f"{path}: {key} must be a number, got {value!r}")
+        return cls(**flat)
+
+    def model_config(self, vocab_size: int) -> ModelConfig:
+        """The preset with the overrides applied and the vocabulary of the prepared data."""
+        return get_preset(self.preset).replace(vocab_size=vocab_size, **self.model_overrides)
+
+
+def model_flops_per_token(config: ModelConfig) -> float:
+    """Training FLOPs per token: 6 per active weight (forward 2, backward 4; Kaplan et al. 2020), minus the
+    embedding lookup (no multiply), plus causal attention scores and weighted sums: 6·n_layers·T·n_heads·hd
+    (half of the 12·L·T·d of PaLM's appendix B, because the causal mask halves the work)."""
+    active = config.n_active_params() - config.vocab_size * config.d_model  # the lookup is free; unembedding counts
+    attn = 6 * config.n_layers * config.context_length * config.n_heads * config.head_dim
+    return 6.0 * active + attn
+
+
+def measure_matmul_gflops(n: int = 1024, seconds: float = 1.0) -> float:
+    """This machine's float32 matrix-multiply rate (GFLOP/s) on n×n products, with NumPy's BLAS as configured."""
+    a = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
+    a @ a  # warm up
+    count, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        a @ a
+        count += 1
+    return 2.0 * n**3 * count / (time.perf_counter() - start) / 1e9
+
+
+def get_batch(tokens: np.ndarray, batch_size: int, seq_len: int, rng: np.random.Generator):
+    """Random windows: inputs (B, T) and next-token targets (B, T), int64."""
+    starts = rng.integers(0, len(tokens) - seq_len - 1, size=batch_size)  # (B,)
+    x = np.stack([tokens[s : s + seq_len] for s in starts]).astype(np.int64)  # (B, T)
+    y = np.stack([tokens[s + 1 : s + seq_len + 1] for s in starts]).astype(np.int64)  # (B, T)
+    return x, y
+
+
+def validation_loss(params, config: ModelConfig, val_tokens: np.ndarray, n_windows: int) -> float:
+    """Mean nats/token over ``n_windows`` fixed, evenly spaced windows of the validation tokens."""
+    T = config.context_length
+    starts = np.linspace(0, len(val_tokens) - T - 1, n_windows).astype(np.int64)
+    total = 0.0
+    for chunk in np.array_split(starts, max(1, n_windows // 8)):
+        x = np.stack([val_tokens[s : s + T] for s in chunk]).astype(np.int64)  # (b, T)
+        y = np.stack([val_tokens[s + 1 : s + T + 1] for s in chunk]).astype(np.int64)  # (b, T)
+        total += float(np.sum(token_nats(forward(params, config, x), y)))
+    return total / (n_windows * T)
+
+
+def _save_checkpoint(out: Path, params, config, tokenizer, opt: AdamW, tokens_seen: int, elapsed: float):
+    """Optimizer state first, then the model: both atomic; the model's metadata names the step it belongs to."""
+    tmp = out / "ckpt.opt.npz.tmp"
+    with open(tmp, "wb") as f:
+        np.savez(f, **opt.state_arrays())
+    os.replace(tmp, out / "ckpt.opt.npz")
+    meta = {
+        "train.step": opt.step,
+        "train.tokens_seen": tokens_seen,
+        "train.seconds": float(elapsed),
+    }
+    save_gguf(out / "ckpt.gguf", params, config, tokenizer, dtype="f32", metadata=meta)
+
+
+def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict:
+    """Run (or resume) training as configured. Returns a summary dict (also the last line of log.jsonl)."""
+    data_meta = load_meta(cfg.data_dir)
+    train_tokens = np.asarray(load_split(cfg.data_dir, "train"))
+    val_tokens = np.asarray(load_split(cfg.data_dir, "val"))
+    tokenizer = Tokenizer.load(Path(cfg.data_dir) / "tokenizer.json")
+    config = cfg.model_config(tokenizer.vocab_size)
+    T = config.context_length
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    log_path = out / "log.jsonl"
+
+    opt_path, ckpt_path = out / "ckpt.opt.npz", out / "ckpt.gguf"
+    tokens_seen, elapsed_before = 0, 0.0
+    if resume and ckpt_path.is_file():
+        params, ckpt_config, _ = load_gguf(ckpt_path)
+        if ckpt_config != config:
+            raise ValueError(f"{ckpt_path} was trained with a different model config; use a new out_dir")
+        opt = AdamW(params, cfg.beta1, cfg.beta2, weight_decay=cfg.weight_decay)
+        with np.load(opt_path, allow_pickle=False) as arrays:
+            opt.load_state_arrays(arrays)
+        meta = read_metadata(ckpt_path)
+        if int(meta["train.step"]) != opt.step:
+            raise ValueError(f"{opt_path} (step {opt.step}) does not match {ckpt_path}; delete both to restart")
+        tokens_seen, elapsed_before = int(meta["train.tokens_seen"]), float(meta["train.seconds"])
+        # keep the log up to the checkpoint, so the resumed run appends the same lines an unbroken run would
+        kept = [line for line in log_path.read_text().splitlines() if json.loads(line).get("step", 0) <= opt.step]
+        log_path.write_text("".join(line + "\n" for line in kept))
+    else:
+        if resume:
+            print(f"no checkpoint in {out}; starting from scratch", file=sys.stderr)
+        params = init_params(config, cfg.seed)
+        opt = AdamW(params, cfg.beta1, cfg.beta2, weight_decay=cfg.weight_decay)
+        log_path.write_text("")
+
+    matmul_gflops = measure_matmul_gflops()
+    flops_per_token = model_flops_per_token(config)
+    with open(log_path, "a") as log:
+        if opt.step == 0:
+            header = {
+                "event": "start",
+                "config": dataclasses.asdict(config),
+                "train": dataclasses.asdict(cfg),
+                "n_params": config.n_params(),
+                "n_active_params": config.n_active_params(),
+                "train_tokens": len(train_tokens),
+                "val_tokens": len(val_tokens),
+                "matmul_gflops": matmul_gflops,
+                "flops_per_token": flops_per_token,
+            }
+            log.write(json.dumps(header) + "\n")
+
+        start = time.perf_counter()
+        last_ckpt = start
+        bar = tqdm(
+            total=cfg.max_steps, initial=opt.step, desc="train", unit="step", disable=not progress, dynamic_ncols=True
+        )
+        tok_per_s = 0.0
+        while opt.step < cfg.max_steps:
+            step = opt.step
+            t0 = time.perf_counter()
+            x, y = get_batch(train_tokens, cfg.batch_size, T, np.random.default_rng((cfg.seed, step)))
+            loss, grads, stats = loss_and_grads(params, config, x, y, cfg.aux_loss_coef, cfg.z_loss_coef)
+            if not math.isfinite(loss):
+                raise FloatingPointError(f"loss became {loss} at step {step}; lower lr or raise warmup_steps")
+            grad_norm = clip_grad_norm(grads, cfg.grad_clip)
+            lr = lr_at(step, cfg.lr, cfg.min_lr, cfg.warmup_steps, cfg.max_steps)
+            opt.update(params, grads, lr)
+            dt = time.perf_counter() - t0
+            tokens_seen += x.size
+            tok_per_s = x.size / dt
+            entry = {
+                "step": opt.step,
+                "loss": loss,
+                "ce": stats["ce"],
+                "aux": stats["aux"],
+                "z": stats["z"],
+                "lr": lr,
+                "grad_norm": grad_norm,
+                "tokens": tokens_seen,
+                "tok_per_s": round(tok_per_s, 1),
+                "mfu": round(tok_per_s * flops_per_token / (matmul_gflops * 1e9), 4),
+            }
+            if opt.step % cfg.eval_interval == 0 or opt.step == cfg.max_steps:
+                entry["val_loss"] = validation_loss(params, config, val_tokens, cfg.eval_windows)
+                entry["expert_load"] = np.round(stats["expert_load"], 4).tolist()
+            log.write(json.dumps(entry) + "\n")
+            log.flush()
+            bar.set_postfix(
+                loss=f"{stats['ce']:.3f}",
+                val=f"{entry.get('val_loss', float('nan')):.3f}",
+                tok_s=f"{tok_per_s:.0f}",
+                refresh=False,
+            )
+            bar.update(1)
+            now = time.perf_counter()
+            if now - last_ckpt > 60 * cfg.checkpoint_minutes or opt.step == cfg.max_steps:
+                _save_checkpoint(out, params, config, tokenizer, opt, tokens_seen, elapsed_before + now - start)
+                last_ckpt = now
+        bar.close()
+        elapsed = elapsed_before + time.perf_counter() - start
+        summary = {
+            "event": "done",
+            "step": opt.step,
+            "tokens": tokens_seen,
+            "seconds": round(elapsed, 1),
+            "tok_per_s": round(tokens_seen / max(elapsed, 1e-9), 1),
+            "matmul_gflops": round(matmul_gflops, 1),
+            "chars_per_token": data_meta["train"]["chars_per_token"],
+        }
+        log.write(json.dumps(summary) + "\n")
+    return summary
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", required=True, help="TOML run config, e.g. configs/shakespeare.toml")
+    p.add_argument("--resume", action="store_true", help="continue from out_dir/ckpt.gguf if it exists")
+    p.add_argument("--max-steps", type=int, help="override max_steps (the cosine schedule follows it)")
+    p.add_argument("--out-dir", help="override out_dir")
+
+
+def run(args) -> int:
+    cfg = TrainConfig.from_toml(args.config)
+    if args.max_steps is not None:
+        cfg.max_steps = args.max_steps
+    if args.out_dir is not None:
+        cfg.out_dir = args.out_dir
+    summary = train(cfg, resume=args.resume)
+    print(
+        f"done: {summary['step']} steps, {summary['tokens']:,} tokens in {summary['seconds']:.0f} s "
+        f"({summary['tok_per_s']:.0f} tok/s); model in {Path(cfg.out_dir) / 'ckpt.gguf'}"
+    )
+    return 0
