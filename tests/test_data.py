@@ -30,6 +30,12 @@ CLEAN = {
 }
 
 
+@pytest.fixture(autouse=True)
+def in_tmp_path(tmp_path, monkeypatch):
+    """Run every test in its own folder, so a default ``data/<name>`` output never lands in the repository."""
+    monkeypatch.chdir(tmp_path)
+
+
 def write_folder(folder, docs=DOCS):
     folder.mkdir()
     for name, text in docs.items():
@@ -50,6 +56,7 @@ def test_prepare_writes_every_file(prepared):
     out, meta = prepared
     assert sorted(p.name for p in out.iterdir()) == ["meta.json", "tokenizer.json", "train.bin", "val.bin"]
     assert data.load_meta(out) == meta
+    assert all((out / name).stat().st_mode & 0o777 == 0o644 for name in ["train.bin", "val.bin", "meta.json"])
 
 
 def test_token_files_decode_to_documents_joined_by_eot(prepared):
@@ -82,10 +89,9 @@ def test_meta_counts(prepared):
     assert json.loads((out / "meta.json").read_text()) == meta
 
 
-def test_default_val_is_every_tenth_document_and_default_out(tmp_path, monkeypatch):
+def test_default_val_is_every_tenth_document_and_default_out(tmp_path):
     docs = {f"doc{i:02d}": f"Document number {i}.\n" for i in range(12)}
     folder = write_folder(tmp_path / "many", docs)
-    monkeypatch.chdir(tmp_path)
     meta = data.prepare_folder(folder, vocab_size=257)
     assert meta["val"]["documents"] == ["doc00", "doc10"]
     assert len(meta["train"]["documents"]) == 10

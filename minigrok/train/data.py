@@ -192,6 +192,7 @@ def _atomic_write(path: Path, write: Callable[[Path], object]) -> None:
     os.close(fd)
     try:
         write(Path(tmp))
+        os.chmod(tmp, 0o644)  # mkstemp makes the file private (0600); data files are for everyone to read
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -376,10 +377,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--from", dest="from_dir", type=Path, metavar="DIR", help="folder of .txt files, one per document"
     )
     parser.add_argument(
-        "--val", nargs="+", action="extend", metavar="NAME", help="held-out documents for --from (file names)"
+        "--val",
+        nargs="+",
+        action="extend",
+        metavar="NAME",
+        help="held-out documents for --from (file names; default: every 10th file)",
     )
     parser.add_argument("--out", type=Path, metavar="DIR", help="output folder (default: data/<source name>)")
-    parser.add_argument("--vocab-size", type=int, default=DEFAULT_VOCAB, metavar="N", help="BPE vocabulary size")
+    parser.add_argument(
+        "--vocab-size",
+        type=int,
+        default=DEFAULT_VOCAB,
+        metavar="N",
+        help="BPE vocabulary size, EOT included (default: %(default)s)",
+    )
     parser.add_argument("--cache-dir", type=Path, metavar="DIR", help=f"download cache (default: {DEFAULT_CACHE})")
 
 
