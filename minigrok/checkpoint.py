@@ -276,7 +276,7 @@ def load_gguf(path: str | os.PathLike, *, dtype=np.float32) -> tuple[dict[str, n
         if t.tensor_type not in (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16):
             raise CheckpointError(
                 f"{path}: tensor {t.name!r} is {t.tensor_type.name}; minigrok reads F32 and F16 tensors "
-                "(quantized types are not supported yet): convert the file to F16 or F32 with llama-quantize"
+                "(quantized types are not supported yet): use an F16 or F32 export of the model"
             )
         params[t.name] = np.array(t.data, dtype=dtype)  # a copy, in NumPy shape (the reader reverses ne)
     tokenizer = _read_tokenizer(reader, path)
@@ -318,7 +318,7 @@ def _open(path: str | os.PathLike) -> gguf.GGUFReader:
         raise CheckpointError(f"{path} is GGUF version {version}; minigrok reads versions 2 and 3")
     try:
         reader = gguf.GGUFReader(path)
-    except (ValueError, IndexError, KeyError, OverflowError, UnicodeDecodeError, OSError) as e:
+    except (ValueError, IndexError, KeyError, OverflowError, OSError) as e:  # UnicodeDecodeError is a ValueError
         # GGUFReader slices its memory map without bounds checks: a short file shows up as a failed reshape,
         # an empty slice, or garbage lengths, so any parse error here means a truncated or corrupt file.
         size = os.path.getsize(path)
