@@ -58,6 +58,7 @@ class TrainConfig:
     eval_interval: int = 100  # steps between validation losses
     eval_windows: int = 32  # validation windows (of context_length tokens) per evaluation
     checkpoint_minutes: float = 5.0
+    stop_after: int | None = None  # pause (with a checkpoint) after this many steps; --resume continues
 
     @classmethod
     def from_toml(cls, path: str | os.PathLike) -> TrainConfig:
@@ -141,6 +142,11 @@ def _save_checkpoint(out: Path, params, config, tokenizer, opt: AdamW, tokens_se
     save_gguf(out / "ckpt.gguf", params, config, tokenizer, dtype="f32", metadata=meta)
 
 
+def _keep_on_resume(entry: dict, step: int) -> bool:
+    """Log lines an unbroken run would also have at ``step``: not a "paused" marker, not past the checkpoint."""
+    return entry.get("event") != "paused" and entry.get("step", 0) <= step
+
+
 def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict:
     """Run (or resume) training as configured. Returns a summary dict (also the last line of log.jsonl)."""
     data_meta = load_meta(cfg.data_dir)
@@ -167,7 +173,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict
             raise ValueError(f"{opt_path} (step {opt.step}) does not match {ckpt_path}; delete both to restart")
         tokens_seen, elapsed_before = int(meta["train.tokens_seen"]), float(meta["train.seconds"])
         # keep the log up to the checkpoint, so the resumed run appends the same lines an unbroken run would
-        kept = [line for line in log_path.read_text().splitlines() if json.loads(line).get("step", 0) <= opt.step]
+        kept = [line for line in log_path.read_text().splitlines() if _keep_on_resume(json.loads(line), opt.step)]
         log_path.write_text("".join(line + "\n" for line in kept))
     else:
         if resume:
@@ -199,7 +205,8 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict
             total=cfg.max_steps, initial=opt.step, desc="train", unit="step", disable=not progress, dynamic_ncols=True
         )
         tok_per_s = 0.0
-        while opt.step < cfg.max_steps:
+        stop_at = cfg.max_steps if cfg.stop_after is None else min(cfg.max_steps, cfg.stop_after)
+        while opt.step < stop_at:
             step = opt.step
             t0 = time.perf_counter()
             x, y = get_batch(train_tokens, cfg.batch_size, T, np.random.default_rng((cfg.seed, step)))
@@ -237,13 +244,13 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict
             )
             bar.update(1)
             now = time.perf_counter()
-            if now - last_ckpt > 60 * cfg.checkpoint_minutes or opt.step == cfg.max_steps:
+            if now - last_ckpt > 60 * cfg.checkpoint_minutes or opt.step == stop_at:
                 _save_checkpoint(out, params, config, tokenizer, opt, tokens_seen, elapsed_before + now - start)
                 last_ckpt = now
         bar.close()
         elapsed = elapsed_before + time.perf_counter() - start
         summary = {
-            "event": "done",
+            "event": "done" if opt.step >= cfg.max_steps else "paused",
             "step": opt.step,
             "tokens": tokens_seen,
             "seconds": round(elapsed, 1),
@@ -260,6 +267,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true", help="continue from out_dir/ckpt.gguf if it exists")
     p.add_argument("--max-steps", type=int, help="override max_steps (the cosine schedule follows it)")
     p.add_argument("--out-dir", help="override out_dir")
+    p.add_argument(
+        "--stop-after", type=int, metavar="STEPS", help="checkpoint and stop after this step; --resume goes on"
+    )
 
 
 def run(args) -> int:
@@ -268,6 +278,7 @@ def run(args) -> int:
         cfg.max_steps = args.max_steps
     if args.out_dir is not None:
         cfg.out_dir = args.out_dir
+    cfg.stop_after = args.stop_after
     summary = train(cfg, resume=args.resume)
     print(
         f"done: {summary['step']} steps, {summary['tokens']:,} tokens in {summary['seconds']:.0f} s "
