@@ -25,15 +25,15 @@ import codecs
 import functools
 import heapq
 import json
-import os
 import re
-import tempfile
 import unicodedata
 from collections import Counter, defaultdict
 from itertools import pairwise
 
 import tiktoken
 from tqdm import tqdm
+
+from .fileio import atomic_write
 
 EOT = "<|endoftext|>"
 GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""  # tiktoken's "gpt2"
@@ -457,15 +457,7 @@ class Tokenizer:
             "tokens": [t.hex() for t in self.tokens],
             "special": self.special,
         }
-        path = os.fspath(path)
-        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".tokenizer-", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(data, f, indent=0)
-            os.replace(tmp, path)
-        except BaseException:
-            os.unlink(tmp)
-            raise
+        atomic_write(path, lambda tmp: tmp.write_text(json.dumps(data, indent=0), encoding="utf-8"))
 
     @classmethod
     def load(cls, path) -> Tokenizer:

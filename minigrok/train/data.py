@@ -31,12 +31,12 @@ import sys
 import tarfile
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 
 import numpy as np
 from tqdm import tqdm
 
+from minigrok.fileio import atomic_write
 from minigrok.tokenizer import Tokenizer, train_bpe
 
 TOKEN_DTYPE = np.dtype("<u2")  # uint16, little-endian: ids 0..65535
@@ -193,19 +193,6 @@ def read_shakespeare(cache_dir: str | os.PathLike = DEFAULT_CACHE) -> dict[str, 
 # Tokenize and write
 
 
-def _atomic_write(path: Path, write: Callable[[Path], object]) -> None:
-    """Call ``write(tmp)`` on a temp file next to ``path``, then rename it onto ``path`` (never a half-written file)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.chmod(tmp, 0o644)  # mkstemp makes the file private (0600); data files are for everyone to read
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def check_vocab_size(vocab_size: int) -> None:
     """Raise ValueError unless MIN_VOCAB (256 bytes + EOT) <= vocab_size <= MAX_VOCAB (ids stored as uint16)."""
     if not MIN_VOCAB <= vocab_size <= MAX_VOCAB:
@@ -283,7 +270,7 @@ def prepare(
     for split, names in split_names.items():
         texts = [documents[name] for name in names]
         tokens = encode_documents(tokenizer, texts, progress=progress)  # (n_tokens,)
-        _atomic_write(out_dir / f"{split}.bin", tokens.tofile)
+        atomic_write(out_dir / f"{split}.bin", tokens.tofile)
         n_chars = sum(len(text) for text in texts)
         meta[split] = {
             "documents": names,
@@ -292,7 +279,7 @@ def prepare(
             "chars_per_token": round(n_chars / tokens.size, 4),
         }
     tokenizer.save(out_dir / "tokenizer.json")  # atomic itself
-    _atomic_write(out_dir / "meta.json", lambda tmp: tmp.write_text(json.dumps(meta, indent=2) + "\n"))
+    atomic_write(out_dir / "meta.json", lambda tmp: tmp.write_text(json.dumps(meta, indent=2) + "\n"))
     return meta
 
 

@@ -28,6 +28,7 @@ from tqdm import tqdm
 from ..checkpoint import load_gguf, read_metadata, save_gguf
 from ..config import ModelConfig, get_preset
 from ..evaluate import token_nats
+from ..fileio import atomic_write
 from ..model import forward, init_params
 from ..tokenizer import Tokenizer
 from .backward import loss_and_grads
@@ -130,10 +131,12 @@ def validation_loss(params, config: ModelConfig, val_tokens: np.ndarray, n_windo
 
 def _save_checkpoint(out: Path, params, config, tokenizer, opt: AdamW, tokens_seen: int, elapsed: float):
     """Optimizer state first, then the model: both atomic; the model's metadata names the step it belongs to."""
-    tmp = out / "ckpt.opt.npz.tmp"
-    with open(tmp, "wb") as f:
-        np.savez(f, **opt.state_arrays())
-    os.replace(tmp, out / "ckpt.opt.npz")
+
+    def write_npz(tmp: Path):
+        with open(tmp, "wb") as f:  # a file object, so np.savez does not append ".npz" to the temp name
+            np.savez(f, **opt.state_arrays())
+
+    atomic_write(out / "ckpt.opt.npz", write_npz)
     meta = {
         "train.step": opt.step,
         "train.tokens_seen": tokens_seen,
