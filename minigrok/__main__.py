@@ -17,7 +17,7 @@ from pathlib import Path
 from .config import PRESETS, ModelConfig, get_preset
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_MODEL = REPO / "weights" / "minigrok-shakespeare.gguf"
+DEFAULT_MODEL = REPO / "weights" / "minigrok-shakespeare.gguf"  # shipped with the repository
 
 # command -> (module with add_arguments(parser) and run(args) -> int, or None if defined in this file; help)
 COMMANDS: dict[str, tuple[str | None, str]] = {
@@ -73,7 +73,7 @@ def _model_path(model: str | None) -> Path:
 
 # ---- generate ----------------------------------------------------------------------------------------------------
 def add_generate_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-m", "--model", help=f"GGUF model file (default: {DEFAULT_MODEL.relative_to(REPO)})")
+    p.add_argument("-m", "--model", help=f"GGUF model file (default: {DEFAULT_MODEL})")
     prompt = p.add_mutually_exclusive_group()
     prompt.add_argument("-p", "--prompt", default="ROMEO:", help="text to continue (default: %(default)s)")
     prompt.add_argument("--prompt-file", metavar="F", help="read the prompt from a UTF-8 file, used exactly as is")
@@ -157,7 +157,7 @@ def human(n: float, unit: str = "") -> str:
 
 def add_info_arguments(p: argparse.ArgumentParser) -> None:
     which = p.add_mutually_exclusive_group()
-    which.add_argument("model", nargs="?", help=f"GGUF model file (default: {DEFAULT_MODEL.relative_to(REPO)})")
+    which.add_argument("model", nargs="?", help=f"GGUF model file (default: {DEFAULT_MODEL})")
     which.add_argument("--preset", choices=list(PRESETS), help="describe a preset instead of a file")
 
 
