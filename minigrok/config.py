@@ -8,6 +8,7 @@ see ../shared/reference/grok1-architecture.md in the project notes for each sour
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from dataclasses import dataclass
 
@@ -34,7 +35,10 @@ class ModelConfig:
         output_multiplier: scales the final logits (Grok-1: 1/sqrt(3)).
         renormalize_gates: False = xAI's raw top-k softmax probabilities as gates;
             True = llama.cpp's grok graph (build_moe_ffn with norm_w=true), gates divided by their sum.
-        context_length: longest sequence the model is meant to see (tokens).
+        context_length: longest sequence the model is meant to see (tokens). Dense attention cannot go past it;
+            a pattern with a bounded KV cache (window, sinks) can, with a rolling cache (minigrok.attention).
+        attention: which keys each query may see: "dense", "window:W", "sinks:S,W" or
+            "block:size=B,local=L,global=G,stride=R"; see :func:`parse_attention`. Stored in its canonical spelling.
     """
 
     vocab_size: int
@@ -54,6 +58,7 @@ class ModelConfig:
     output_multiplier: float = 1.0
     renormalize_gates: bool = False
     context_length: int = 256
+    attention: str = "dense"
 
     def __post_init__(self):
         def need(ok: bool, msg: str):
@@ -81,6 +86,12 @@ class ModelConfig:
         need(self.top_k <= self.num_experts, f"top_k ({self.top_k}) must be <= num_experts ({self.num_experts})")
         need(self.rms_eps > 0, f"rms_eps must be > 0, got {self.rms_eps}")
         need(self.attn_logit_softcap >= 0, f"attn_logit_softcap must be >= 0, got {self.attn_logit_softcap}")
+        object.__setattr__(self, "attention", str(parse_attention(self.attention)))  # canonical spelling
+
+    @property
+    def pattern(self) -> AttentionPattern:
+        """The attention pattern, parsed from ``attention``."""
+        return parse_attention(self.attention)
 
     def replace(self, **changes) -> ModelConfig:
         """A copy with some fields changed (validated again)."""
@@ -125,6 +136,91 @@ class ModelConfig:
         """Parameters used per token: everything except the (num_experts - top_k) unselected experts."""
         expert = 3 * self.d_ff * self.d_model  # gate, up, down of one expert
         return self.n_params() - self.n_layers * (self.num_experts - self.top_k) * expert
+
+
+@dataclass(frozen=True)
+class AttentionPattern:
+    """Which earlier positions a query may attend to; the masks themselves are in minigrok.attention.
+
+    kind "dense": every earlier position (causal attention).
+    kind "window": the last ``window`` positions, the query's own included (Mistral's sliding window, llama.cpp's
+        LLAMA_SWA_TYPE_STANDARD).
+    kind "sinks": the first ``sinks`` positions plus the last ``window`` (StreamingLLM's attention sinks).
+    kind "block": the sequence cut into blocks of ``block`` positions; a query sees its own block and the
+        ``local - 1`` blocks before it, the first ``global_blocks`` blocks, and every ``stride``-th block back
+        (0 = none) (Sparse Transformer / BigBird style).
+    All sizes are in tokens, except local, global_blocks and stride, which count blocks.
+    """
+
+    kind: str = "dense"
+    window: int = 0
+    sinks: int = 0
+    block: int = 0
+    local: int = 0
+    global_blocks: int = 0
+    stride: int = 0
+
+    def __str__(self) -> str:
+        if self.kind == "window":
+            return f"window:{self.window}"
+        if self.kind == "sinks":
+            return f"sinks:{self.sinks},{self.window}"
+        if self.kind == "block":
+            return f"block:size={self.block},local={self.local},global={self.global_blocks},stride={self.stride}"
+        return "dense"
+
+
+ATTENTION_SYNTAX = "dense | window:W | sinks:S,W | block:size=B[,local=L][,global=G][,stride=R]"
+
+
+@functools.lru_cache(maxsize=64)
+def parse_attention(text: str) -> AttentionPattern:
+    """Parse an attention pattern: "dense", "window:W", "sinks:S,W" or "block:size=B,local=L,global=G,stride=R".
+
+    W >= 1 keys per query (its own position included), S >= 0 sink positions, B >= 1 tokens per block, L >= 1
+    local blocks (own block included; default 1), G >= 0 global blocks (default 0), R >= 0 stride in blocks
+    (default 0 = none). Raises ValueError naming the problem and the accepted syntax.
+    """
+    kind, _, args = str(text).strip().partition(":")
+    kind = kind.strip().lower()
+
+    def fail(problem: str):
+        raise ValueError(f"bad attention pattern {text!r}: {problem}; expected {ATTENTION_SYNTAX}")
+
+    def integer(value: str, name: str, low: int) -> int:
+        try:
+            n = int(value)
+        except ValueError:
+            fail(f"{name} must be an integer, got {value!r}")
+        if n < low:
+            fail(f"{name} must be >= {low}, got {n}")
+        return n
+
+    parts = [a.strip() for a in args.split(",")] if args.strip() else []
+    if kind == "dense":
+        if parts:
+            fail("dense takes no arguments")
+        return AttentionPattern()
+    if kind == "window":
+        if len(parts) != 1:
+            fail("window takes one number, the window W in tokens")
+        return AttentionPattern("window", window=integer(parts[0], "W", 1))
+    if kind == "sinks":
+        if len(parts) != 2:
+            fail("sinks takes two numbers, S sink tokens and the window W")
+        return AttentionPattern("sinks", sinks=integer(parts[0], "S", 0), window=integer(parts[1], "W", 1))
+    if kind == "block":
+        names = {"size": ("block", 1), "local": ("local", 1), "global": ("global_blocks", 0), "stride": ("stride", 0)}
+        values = {"local": 1}
+        for part in parts:
+            name, eq, value = part.partition("=")
+            if not eq or name.strip() not in names:
+                fail(f"block arguments are name=value with names {', '.join(names)}, got {part!r}")
+            values[names[name.strip()][0]] = integer(value.strip(), name.strip(), names[name.strip()][1])
+        if "block" not in values:
+            fail("block needs size=B, the block size in tokens")
+        return AttentionPattern("block", **values)
+    fail(f"unknown kind {kind!r}")
 
 
 def grok1_constants(d_model: int, head_dim: int) -> dict[str, float]:

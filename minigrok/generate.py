@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .attention import kv_cache_size
 from .config import ModelConfig
 from .model import forward, init_cache
 from .sampling import check_sampling_args, sample
@@ -99,22 +100,28 @@ def generate(
         A GenerationResult (text, ids, timings).
 
     Raises:
-        ValueError: if max_new_tokens < 1, a sampling argument is invalid, or the prompt plus max_new_tokens does not
-            fit in config.context_length. All checked before the model runs.
+        ValueError: if max_new_tokens < 1, a sampling argument is invalid, or (dense attention only) the prompt plus
+            max_new_tokens does not fit in config.context_length. All checked before the model runs. With a bounded
+            pattern (config.attention window:W or sinks:S,W) generation runs past the context length, in a rolling
+            KV cache of at most W or S + W entries.
     """
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     check_sampling_args(temperature, top_p)
     prompt_ids = tokenizer.encode(prompt) if prompt else [tokenizer.eot_id]
     n_total = len(prompt_ids) + max_new_tokens
-    if n_total > config.context_length:
+    bounded = kv_cache_size(config.pattern)  # keys a query can see: None for dense attention
+    if bounded is None and n_total > config.context_length:
         raise ValueError(
             f"the prompt ({len(prompt_ids)} tokens) plus max_new_tokens ({max_new_tokens}) is {n_total} tokens, "
-            f"more than this model's context length of {config.context_length}; use a smaller -n or a shorter prompt"
+            f"more than this model's context length of {config.context_length}; use a smaller -n or a shorter "
+            f"prompt, or an attention pattern with a rolling cache (--attention sinks:4,{config.context_length - 4})"
         )
 
     rng = np.random.default_rng(seed)
-    cache = init_cache(config, batch_size=1, max_len=n_total)
+    # A bounded pattern keeps at most kv_cache_size entries (a rolling cache, so memory stays flat however long
+    # the text); dense attention needs one slot per token.
+    cache = init_cache(config, batch_size=1, max_len=n_total if bounded is None else min(n_total, bounded))
     decoder = tokenizer.stream_decoder()
     pieces: list[str] = []
     token_ids: list[int] = []

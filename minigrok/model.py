@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .attention import KVCache, attention
+from .attention import KVCache, attention, kv_cache_size
 from .config import ModelConfig
 from .layers import linear, rms_norm, rope_tables
 from .moe import moe
@@ -35,34 +35,47 @@ def init_params(config: ModelConfig, seed: int = 0) -> dict[str, np.ndarray]:
     return params
 
 
-def init_cache(config: ModelConfig, batch_size: int = 1, max_len: int | None = None) -> KVCache:
-    """An empty KV cache for up to ``max_len`` tokens (default: the context length)."""
-    max_len = config.context_length if max_len is None else max_len
-    return KVCache(config.n_layers, batch_size, config.n_kv_heads, max_len, config.head_dim)
+def init_cache(
+    config: ModelConfig, batch_size: int = 1, max_len: int | None = None, use_kernel: bool = True
+) -> KVCache:
+    """An empty KV cache for ``config.pattern`` with ``max_len`` slots.
+
+    Default max_len: kv_cache_size(pattern) for a bounded pattern (a rolling cache: S + W slots for sinks:S,W, W for
+    window:W, and any number of tokens), else the context length. use_kernel: decode steps use the Numba kernel.
+    """
+    if max_len is None:
+        max_len = kv_cache_size(config.pattern) or config.context_length
+    return KVCache(config.n_layers, batch_size, config.n_kv_heads, max_len, config.head_dim, config.pattern, use_kernel)
 
 
 def forward(params: dict, config: ModelConfig, tokens: np.ndarray, cache: KVCache | None = None) -> np.ndarray:
-    """Logits for every position of ``tokens``.
+    """Logits for every position of ``tokens``, under the attention pattern ``config.pattern``.
 
     tokens (B, T) int ids in [0, vocab_size). Without a cache the tokens are positions 0..T-1. With a cache,
-    they continue the cached sequence at positions cache.pos .. cache.pos+T-1 (their K/V are appended and
+    they continue the cached sequence at positions cache.pos .. cache.pos+T-1 (their K/V are stored and
     cache.pos advances): a prefill is one call on the prompt, a decode step one call on one token.
+    Dense attention (and block-sparse with a stride) is limited to context_length tokens without a cache and to
+    cache.max_len with one; a bounded pattern (window, sinks) runs any length, with a rolling cache.
     Returns (B, T, vocab_size) float32 logits (nats before softmax).
-    Raises ValueError if a token id is out of range, or the cache (or context) would overflow.
+    Raises ValueError if a token id is out of range, or the cache (or context) would overflow; the cache is then
+    unchanged.
     """
     tokens = np.asarray(tokens)
     if tokens.ndim != 2:
         raise ValueError(f"tokens must be (batch, time), got shape {tokens.shape}")
     B, T = tokens.shape
     pos = cache.pos if cache is not None else 0
-    limit = cache.max_len if cache is not None else config.context_length
-    if pos + T > limit:
-        raise ValueError(f"sequence of {pos + T} tokens exceeds the {limit}-token limit of this model/cache")
+    if cache is None and kv_cache_size(config.pattern) is None and T > config.context_length:
+        raise ValueError(f"sequence of {T} tokens exceeds the {config.context_length}-token limit of this model")
     if T and (tokens.min() < 0 or tokens.max() >= config.vocab_size):
         raise ValueError(f"token ids must be in [0, {config.vocab_size}), got {tokens.min()}..{tokens.max()}")
+    if cache is not None and cache.pattern != config.pattern:
+        raise ValueError(f"the cache was made for attention {cache.pattern}, the model uses {config.pattern}")
+    step = cache.begin(T) if cache is not None else None  # raises if the tokens do not fit
 
     eps = config.rms_eps
-    cos, sin = rope_tables(np.arange(pos, pos + T), config.head_dim, config.rope_theta)  # (T, head_dim/2)
+    positions = np.arange(pos, pos + T)  # (T,) absolute positions
+    cos, sin = rope_tables(positions, config.head_dim, config.rope_theta)  # (T, head_dim/2)
     x = params["token_embd.weight"][tokens] * np.float32(config.embedding_multiplier)  # (B, T, d_model)
     for i in range(config.n_layers):
         p = f"blk.{i}."
@@ -76,9 +89,10 @@ def forward(params: dict, config: ModelConfig, tokens: np.ndarray, cache: KVCach
             cos,
             sin,
             config,
+            positions,
             cache,
             i,
-            pos,
+            step,
         )  # (B, T, d_model)
         x = x + rms_norm(h, params[p + "attn_output_norm.weight"], eps)  # (B, T, d_model)
         h = rms_norm(x, params[p + "ffn_norm.weight"], eps).reshape(B * T, -1)  # (B*T, d_model)
@@ -93,6 +107,6 @@ def forward(params: dict, config: ModelConfig, tokens: np.ndarray, cache: KVCach
         )  # (B*T, d_model)
         x = x + rms_norm(h.reshape(B, T, -1), params[p + "layer_output_norm.weight"], eps)  # (B, T, d_model)
     if cache is not None:
-        cache.pos += T
+        cache.commit(step)
     x = rms_norm(x, params["output_norm.weight"], eps)  # (B, T, d_model)
     return linear(x, params["token_embd.weight"]) * np.float32(config.output_multiplier)  # (B, T, vocab_size)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..attention import attend, causal_mask, split_heads
+from ..attention import attend, pattern_mask, sink_query_positions, split_heads
 from ..config import ModelConfig
 from ..layers import SQRT_2_OVER_PI, apply_rope, gelu_tanh, linear, rms_norm, rope_tables, softmax
 from ..moe import route
@@ -68,7 +68,7 @@ def cross_entropy(logits: np.ndarray, targets: np.ndarray):
 
 # ---- attention ----------------------------------------------------------------------------------------
 def attend_backward(dout, q, k, v, probs, multiplier: float, cap: float):
-    """Backward of minigrok.attention.attend (causal mask, soft-cap, GQA).
+    """Backward of minigrok.attention.attend (any mask, soft-cap, GQA).
 
     dout (B, T, n_heads, hd); q (B, T, n_heads, hd); k, v (B, n_kv, S, hd); probs (B, n_kv, group, T, S).
     Returns dq (B, T, n_heads, hd), dk (B, n_kv, S, hd), dv (B, n_kv, S, hd). Masked logits get no gradient
@@ -96,12 +96,21 @@ def attend_backward(dout, q, k, v, probs, multiplier: float, cap: float):
 
 
 def attention_forward(x, wq, wk, wv, wo, cos, sin, config: ModelConfig):
-    """Training forward of one attention block (full causal sequence); returns (y (B, T, d_model), saved)."""
+    """Training forward of one attention block over positions 0..T-1 under config.pattern (dense: causal);
+    returns (y (B, T, d_model), saved). Raises ValueError for a sinks pattern whose sinks need moved query positions.
+    """
     B, T, _ = x.shape
     q = apply_rope(split_heads(linear(x, wq), config.n_heads), cos, sin)  # (B, T, n_heads, hd)
     k = apply_rope(split_heads(linear(x, wk), config.n_kv_heads), cos, sin).transpose(0, 2, 1, 3)  # (B, n_kv, T, hd)
     v = split_heads(linear(x, wv), config.n_kv_heads).transpose(0, 2, 1, 3)  # (B, n_kv, T, hd)
-    mask = causal_mask(T, T, 0)  # (T, T)
+    positions = np.arange(T)  # (T,)
+    if sink_query_positions(config.pattern, positions) is not None:
+        raise ValueError(
+            f"training with {config.pattern} on {T}-token sequences would score the sinks from moved query positions "
+            "(StreamingLLM's positions within the cache), which this backward pass does not do; train with "
+            "window:W, or with S + W >= the context length"
+        )
+    mask = pattern_mask(config.pattern, positions, positions)  # (T, T): the model's mask (dense: causal)
     out, probs = attend(q, k, v, mask, config.attention_multiplier, config.attn_logit_softcap)  # (B,T,H,hd)
     o = out.reshape(B, T, -1)  # (B, T, n_heads*hd)
     return linear(o, wo), (x, q, k, v, probs, o)

@@ -1,0 +1,412 @@
+"""Attention patterns (dense, window, sinks, block-sparse), the rolling KV cache and the Numba decode kernel."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from minigrok import __main__ as cli
+from minigrok import attention as attn
+from minigrok.attention import (
+    attention,
+    keys_needed,
+    kv_cache_size,
+    pattern_mask,
+    sink_query_positions,
+)
+from minigrok.config import AttentionPattern, ModelConfig, grok1_constants, parse_attention
+from minigrok.kernels.attention_kernels import decode_attention, decode_attention_numpy
+from minigrok.layers import apply_rope, linear, rope_tables, softmax
+from minigrok.model import forward, init_cache, init_params
+from minigrok.train import backward as bw
+
+CFG = ModelConfig(
+    vocab_size=64,
+    d_model=32,
+    n_layers=2,
+    n_heads=4,
+    n_kv_heads=2,
+    head_dim=8,
+    d_ff=16,
+    num_experts=4,
+    top_k=2,
+    context_length=64,
+    **grok1_constants(32, 8),
+)
+PARAMS = init_params(CFG, seed=3)
+for _name, _w in PARAMS.items():  # larger attention weights: sharp, position-dependent attention, so masks matter
+    if "attn_q" in _name or "attn_k" in _name:
+        PARAMS[_name] = _w * np.float32(8)
+N = 40  # tokens in the long tests: several times every rolling cache below
+PATTERNS = ["dense", "window:5", "sinks:2,5", "block:size=4,local=2,global=1", "block:size=4,local=1,stride=2"]
+
+
+def tokens_for(seed: int, B: int, T: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, CFG.vocab_size, size=(B, T))
+
+
+def with_pattern(text: str) -> ModelConfig:
+    return CFG.replace(attention=text)
+
+
+@st.composite
+def patterns(draw) -> AttentionPattern:
+    kind = draw(st.sampled_from(["dense", "window", "sinks", "block"]))
+    small = st.integers(1, 9)
+    if kind == "window":
+        return AttentionPattern("window", window=draw(small))
+    if kind == "sinks":
+        return AttentionPattern("sinks", sinks=draw(st.integers(0, 4)), window=draw(small))
+    if kind == "block":
+        return AttentionPattern(
+            "block", block=draw(small), local=draw(st.integers(1, 3)), global_blocks=draw(st.integers(0, 2)),
+            stride=draw(st.integers(0, 3)),
+        )  # fmt: skip
+    return AttentionPattern()
+
+
+# ---- the patterns ----------------------------------------------------------------------------------------------------
+
+
+@given(patterns())
+def test_pattern_spelling_round_trips(pattern):
+    assert parse_attention(str(pattern)) == pattern
+    assert with_pattern(str(pattern)).pattern == pattern
+
+
+@pytest.mark.parametrize(
+    "text, problem",
+    [("window", "one number"), ("window:0", ">= 1"), ("sinks:4", "two numbers"), ("window:x", "integer"),
+     ("block:local=2", "size=B"), ("block:size=4,width=2", "name=value"), ("causal", "unknown kind")],
+)  # fmt: skip
+def test_bad_patterns_raise_value_error_naming_the_problem_and_the_syntax(text, problem):
+    with pytest.raises(ValueError, match=f"(?s){problem}.*expected dense \\| window:W"):
+        parse_attention(text)
+    with pytest.raises(ValueError, match=problem):
+        CFG.replace(attention=text)
+
+
+def test_the_default_is_dense_and_spellings_are_canonical():
+    assert CFG.attention == "dense" and CFG.pattern == AttentionPattern()
+    assert CFG.replace(attention=" Window:007 ").attention == "window:7"
+    assert CFG.replace(attention="block:size=8").attention == "block:size=8,local=1,global=0,stride=0"
+
+
+def test_window_counts_the_query_itself_known_values():
+    # window:3 -> query i sees i-2, i-1, i: three keys, own included (llama.cpp LLAMA_SWA_TYPE_STANDARD)
+    expected = np.array(
+        [[1, 0, 0, 0, 0, 0],
+         [1, 1, 0, 0, 0, 0],
+         [1, 1, 1, 0, 0, 0],
+         [0, 1, 1, 1, 0, 0],
+         [0, 0, 1, 1, 1, 0],
+         [0, 0, 0, 1, 1, 1]], bool,
+    )  # fmt: skip
+    pos = np.arange(6)
+    np.testing.assert_array_equal(pattern_mask(parse_attention("window:3"), pos, pos), expected)
+    # sinks:1,2: position 0 plus the last two
+    sinks = pattern_mask(parse_attention("sinks:1,2"), pos, pos)
+    np.testing.assert_array_equal(sinks[5], [1, 0, 0, 0, 1, 1])
+    assert sinks.sum(axis=1).tolist() == [1, 2, 3, 3, 3, 3]
+
+
+def test_block_sparse_known_values():
+    # blocks of 2; own block, global block 0, and every 2nd block back
+    mask = pattern_mask(parse_attention("block:size=2,local=1,global=1,stride=2"), np.arange(10), np.arange(10))
+    assert np.flatnonzero(mask[9]).tolist() == [0, 1, 4, 5, 8, 9]  # block 4 sees blocks 0 (global, stride), 2, 4
+    assert np.flatnonzero(mask[6]).tolist() == [0, 1, 2, 3, 6]  # block 3 sees blocks 0 (global), 1 (stride), 3
+
+
+@settings(max_examples=60, deadline=None)
+@given(patterns(), st.integers(1, 30), st.integers(0, 30))
+def test_every_pattern_is_causal_and_sees_its_own_position(pattern, T, offset):
+    q_pos, k_pos = offset + np.arange(T), np.arange(offset + T)
+    mask = pattern_mask(pattern, q_pos, k_pos)  # (T, S)
+    assert not np.any(mask & (k_pos[None, :] > q_pos[:, None]))
+    assert np.all(mask[np.arange(T), q_pos])
+    np.testing.assert_array_equal(pattern_mask(pattern, q_pos, np.full(3, -1)), np.zeros((T, 3), bool))  # empty
+
+
+@settings(max_examples=60, deadline=None)
+@given(patterns(), st.integers(0, 40), st.integers(1, 20))
+def test_keys_needed_lists_exactly_the_keys_some_query_sees(pattern, q_lo, n):
+    k_pos = np.arange(-1, q_lo + n + 5)  # includes an empty slot and keys after the queries
+    visible = pattern_mask(pattern, np.arange(q_lo, q_lo + n), k_pos)  # (n, S)
+    np.testing.assert_array_equal(keys_needed(pattern, q_lo, q_lo + n, k_pos), visible.any(axis=0))
+    later = pattern_mask(pattern, np.arange(q_lo, q_lo + 200), k_pos).any(axis=0)  # queries far into the future
+    assert np.all(keys_needed(pattern, q_lo, None, k_pos) >= later)  # never evicts what a later query sees
+    size = kv_cache_size(pattern)
+    if size is not None:
+        assert visible.sum(axis=1).max() <= size
+        assert keys_needed(pattern, q_lo, None, np.arange(q_lo)).sum() <= size - 1  # + the new token = size
+
+
+def test_lesson_pictures_are_the_models_mask():
+    """The probabilities the model's attention code computes are zero exactly where pattern_mask says False."""
+    rng = np.random.default_rng(0)
+    T, seen = 20, []
+    q = rng.standard_normal((1, T, 4, 8)).astype(np.float32)
+    k, v = rng.standard_normal((2, 1, 2, T, 8)).astype(np.float32)
+    original = attn.attend
+
+    def spy(q, k, v, mask, *args):
+        out, probs = original(q, k, v, mask, *args)
+        seen.append((mask, probs))
+        return out, probs
+
+    for text in PATTERNS:
+        pattern = parse_attention(text)
+        seen.clear()
+        attn.attend = spy
+        try:
+            attn.attend_pattern(q, k, v, np.arange(T), np.arange(T), pattern, 0.3, 30.0)
+        finally:
+            attn.attend = original
+        mask, probs = seen[0]  # T < QUERY_BLOCK: one block, all keys it needs
+        picture = pattern_mask(pattern, np.arange(T), np.arange(T))[:, : mask.shape[1]]
+        np.testing.assert_array_equal(mask, picture)
+        assert np.all(probs[..., ~picture] == 0) and np.all(probs[..., picture] > 0)
+
+
+# ---- the model under a pattern ---------------------------------------------------------------------------------------
+
+
+def test_window_at_least_the_sequence_equals_dense_exactly():
+    tokens = tokens_for(1, 2, 30)
+    dense = forward(PARAMS, CFG, tokens)
+    for text in ["window:30", "window:1000", "sinks:3,30", "block:size=8,local=4", "block:size=64"]:
+        np.testing.assert_array_equal(forward(PARAMS, with_pattern(text), tokens), dense)
+    assert not np.allclose(forward(PARAMS, with_pattern("window:29"), tokens), dense, atol=1e-3)
+
+
+def test_sinks_with_no_sinks_equal_the_window_exactly_in_prefill_and_decode():
+    tokens = tokens_for(2, 1, N)
+    window, sinks0 = with_pattern("window:6"), with_pattern("sinks:0,6")
+    np.testing.assert_array_equal(forward(PARAMS, sinks0, tokens), forward(PARAMS, window, tokens))
+    np.testing.assert_array_equal(decode_all(sinks0, tokens, 5), decode_all(window, tokens, 5))
+
+
+@pytest.mark.parametrize("text", PATTERNS[1:])
+def test_a_pattern_changes_the_logits_only_where_it_hides_keys(text):
+    tokens = tokens_for(3, 1, N)
+    sparse, dense = forward(PARAMS, with_pattern(text), tokens), forward(PARAMS, CFG, tokens)
+    pattern = parse_attention(text)
+    first_hidden = np.flatnonzero(~pattern_mask(pattern, np.arange(N), np.arange(N)) & np.tri(N, dtype=bool))
+    first_row = first_hidden[0] // N  # the first query that misses a key
+    np.testing.assert_allclose(sparse[:, :first_row], dense[:, :first_row], rtol=0, atol=1e-5)
+    assert not np.allclose(sparse[:, first_row:], dense[:, first_row:], atol=1e-3)
+
+
+@settings(max_examples=8, deadline=None)
+@given(st.sampled_from(PATTERNS), st.integers(0, N - 1), st.integers(0, 2**32 - 1))
+def test_every_pattern_is_causal_in_the_whole_model(text, t, seed):
+    config = with_pattern(text)
+    tokens = tokens_for(seed, 1, N)
+    changed = tokens.copy()
+    changed[0, t] = (changed[0, t] + 1) % CFG.vocab_size
+    a, b = forward(PARAMS, config, tokens), forward(PARAMS, config, changed)
+    np.testing.assert_array_equal(a[:, :t], b[:, :t])
+    assert not np.array_equal(a[:, t], b[:, t])
+
+
+# ---- the rolling KV cache --------------------------------------------------------------------------------------------
+
+
+def decode_all(config, tokens, prefill, chunk=1, use_kernel=True, max_len=None):
+    """Logits of every position: one call on tokens[:, :prefill], then calls of ``chunk`` tokens through one cache."""
+    B, T = tokens.shape
+    if max_len is None and kv_cache_size(config.pattern) is None:
+        max_len = T  # dense and strided patterns need one slot per token
+    cache = init_cache(config, batch_size=B, max_len=max_len, use_kernel=use_kernel)
+    out = [forward(PARAMS, config, tokens[:, :prefill], cache)]
+    for t in range(prefill, T, chunk):
+        out.append(forward(PARAMS, config, tokens[:, t : t + chunk], cache))
+    assert cache.pos == T
+    return np.concatenate(out, axis=1)
+
+
+@pytest.mark.parametrize("text", PATTERNS)
+@pytest.mark.parametrize("use_kernel", [True, False])
+def test_rolling_cache_decode_equals_the_prefill_at_every_position(text, use_kernel):
+    config = with_pattern(text)
+    tokens = tokens_for(4, 2, N)
+    full = forward(PARAMS, config, tokens)  # (2, N, vocab): one prefill of all N tokens under the pattern
+    np.testing.assert_allclose(decode_all(config, tokens, 1, 1, use_kernel), full, rtol=0, atol=2e-5)
+    np.testing.assert_allclose(decode_all(config, tokens, 7, 1, use_kernel), full, rtol=0, atol=2e-5)
+    # chunks longer than the free slots of a rolling cache: attention over kept entries + the chunk
+    np.testing.assert_allclose(decode_all(config, tokens, 3, 9, use_kernel), full, rtol=0, atol=2e-5)
+
+
+@pytest.mark.parametrize("text, size", [("window:5", 5), ("sinks:2,5", 7), ("block:size=4,local=2,global=1", 12)])
+def test_a_rolling_cache_stays_flat_and_keeps_what_later_queries_see(text, size):
+    config = with_pattern(text).replace(context_length=8)  # far past the context length
+    cache = init_cache(config)
+    assert cache.max_len == size and cache.rolling
+    nbytes = cache.nbytes()
+    tokens = tokens_for(5, 1, 200)
+    forward(PARAMS, config, tokens[:, :30], cache)
+    for t in range(30, 200):
+        forward(PARAMS, config, tokens[:, t : t + 1], cache)
+        assert cache.nbytes() == nbytes
+        kept = np.sort(cache.positions[cache.positions >= 0])
+        expected = np.flatnonzero(pattern_mask(config.pattern, [t], np.arange(t + 1))[0])  # what t attended to
+        np.testing.assert_array_equal(kept, expected)
+    if text == "sinks:2,5":
+        assert kept.tolist() == [0, 1, 195, 196, 197, 198, 199]  # S sinks + the W latest
+
+
+def test_a_full_dense_cache_still_raises_and_loses_nothing():
+    cache = init_cache(CFG, max_len=4)
+    tokens = tokens_for(6, 1, 6)
+    forward(PARAMS, CFG, tokens[:, :3], cache)
+    with pytest.raises(ValueError, match="exceeds the 4-token limit"):
+        forward(PARAMS, CFG, tokens[:, 3:5], cache)
+    assert cache.pos == 3 and cache.positions.tolist() == [0, 1, 2, -1]
+    with pytest.raises(ValueError, match="the cache was made for attention dense"):
+        forward(PARAMS, with_pattern("window:4"), tokens[:, 3:4], cache)
+
+
+def test_prefill_blocks_compute_only_the_keys_the_pattern_keeps():
+    T, W, sizes = 1000, 48, []
+    rng = np.random.default_rng(0)
+    q = rng.standard_normal((1, T, 2, 4)).astype(np.float32)
+    k, v = rng.standard_normal((2, 1, 1, T, 4)).astype(np.float32)
+    original = attn.attend
+
+    def spy(q, k, v, mask, *args):
+        sizes.append(mask.shape)
+        return original(q, k, v, mask, *args)
+
+    attn.attend = spy
+    try:
+        out = attn.attend_pattern(q, k, v, np.arange(T), np.arange(T), parse_attention(f"window:{W}"), 0.5, 30.0)
+    finally:
+        attn.attend = original
+    assert max(s for _, s in sizes) <= W + attn.QUERY_BLOCK - 1  # never a T x T score matrix
+    assert sum(t * s for t, s in sizes) < 0.15 * T * T
+    mask = pattern_mask(parse_attention(f"window:{W}"), np.arange(T), np.arange(T))
+    np.testing.assert_allclose(out, original(q, k, v, mask, 0.5, 30.0)[0], rtol=0, atol=1e-5)
+
+
+# ---- RoPE positions with sinks: StreamingLLM's positions within the cache ------------------------------------------
+
+
+def test_sinks_score_with_positions_within_the_cache_as_streamingllm():
+    """Decode at position t with sinks:S,W equals dense attention over [sinks | last W] re-rotated at cache positions
+    0 .. S+W-1, the query at S+W-1 (Xiao et al. 2023, section 3.2); absolute positions would give something else."""
+    S, W, T = 2, 4, 30
+    config = with_pattern(f"sinks:{S},{W}")
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((1, T, CFG.d_model)).astype(np.float32)
+    w = {n: PARAMS[f"blk.0.attn_{n}.weight"] for n in ("q", "k", "v", "output")}
+    cache = init_cache(config.replace(n_layers=1))
+    outs = []
+    for t in range(T):
+        step = cache.begin(1)
+        cos, sin = rope_tables(np.array([t]), CFG.head_dim, CFG.rope_theta)
+        outs.append(
+            attention(x[:, t : t + 1], w["q"], w["k"], w["v"], w["output"], cos, sin, config, [t], cache, 0, step)
+        )
+        cache.commit(step)
+
+    def literal(t, positions_in_cache):
+        keep = [j for j in range(t + 1) if j < S or t - j < W]  # what the rolling cache holds at step t
+        p = np.array(positions_in_cache(keep, t))
+        cos, sin = rope_tables(p, CFG.head_dim, CFG.rope_theta)
+        q = apply_rope(linear(x[:, t : t + 1], w["q"]).reshape(1, 1, 4, 8), cos[-1:], sin[-1:])[0, 0]  # (4, 8)
+        k = apply_rope(linear(x[:, keep], w["k"]).reshape(1, -1, 2, 8), cos, sin)[0]  # (n, 2, 8)
+        v = linear(x[:, keep], w["v"]).reshape(-1, 2, 8)
+        out = np.zeros((4, 8))
+        for h in range(4):
+            s = (k[:, h // 2] @ q[h]) * CFG.attention_multiplier
+            out[h] = softmax(30 * np.tanh(s / 30)) @ v[:, h // 2]
+        return linear(out.reshape(1, -1).astype(np.float32), w["output"])[0]
+
+    def in_cache(keep, t):
+        return list(range(len(keep)))
+
+    def absolute(keep, t):
+        return keep
+
+    for t in range(T):
+        np.testing.assert_allclose(outs[t][0, 0], literal(t, in_cache), rtol=0, atol=1e-5)
+    assert not np.allclose(outs[-1][0, 0], literal(T - 1, absolute), atol=1e-3)
+    assert sink_query_positions(config.pattern, np.arange(T)).tolist() == [min(t, S + W - 1) for t in range(T)]
+
+
+def test_training_refuses_sinks_that_would_need_moved_query_positions():
+    tokens = tokens_for(8, 1, 12)
+    with pytest.raises(ValueError, match="train with window:W"):
+        bw.loss_and_grads(PARAMS, with_pattern("sinks:2,5"), tokens, tokens)
+    bw.loss_and_grads(PARAMS, with_pattern("sinks:2,10"), tokens, tokens)  # S + W >= T: no moved positions
+
+
+# ---- the decode kernel and its NumPy twin ----------------------------------------------------------------------------
+
+
+@settings(max_examples=40, deadline=None)
+@given(patterns(), st.integers(1, 40), st.integers(0, 12), st.integers(0, 2**32 - 1), st.sampled_from([0.0, 30.0]))
+def test_the_numba_decode_kernel_equals_its_numpy_twin(pattern, t, extra_slots, seed, cap):
+    rng = np.random.default_rng(seed)
+    B, n_heads, n_kv, hd = 2, 4, 2, 8
+    slots = t + 1 + extra_slots
+    k_pos = np.full(slots, -1, np.int64)
+    k_pos[rng.permutation(slots)[: t + 1]] = np.arange(t + 1)  # positions 0..t in random slots, the rest empty
+    q, q_sink = (rng.standard_normal((2, B, n_heads, hd)) * 2).astype(np.float32)
+    k, v = rng.standard_normal((2, B, n_kv, slots + 3, hd)).astype(np.float32)  # 3 slots past k_pos: never read
+    k[:, :, slots:] = np.nan
+    args = (q, q_sink, k, v, k_pos, t, pattern, 0.35, cap)
+    out = decode_attention(*args)
+    np.testing.assert_allclose(out, decode_attention_numpy(*args), rtol=0, atol=1e-5)
+    assert np.all(np.isfinite(out))
+
+
+def test_the_decode_kernel_refuses_bad_input_with_value_error():
+    q = np.zeros((1, 4, 8), np.float32)
+    k = np.zeros((1, 2, 5, 8), np.float32)
+    dense = AttentionPattern()
+    with pytest.raises(ValueError, match="no cached key is visible"):
+        decode_attention(q, q, k, k, np.full(5, -1), 3, dense, 1.0, 0.0)
+    with pytest.raises(ValueError, match="S <= 5"):
+        decode_attention(q, q, k, k, np.arange(6), 3, dense, 1.0, 0.0)
+    with pytest.raises(ValueError, match="does not fit"):
+        decode_attention(np.zeros((1, 3, 8), np.float32), np.zeros((1, 3, 8), np.float32), k, k, [0], 0, dense, 1, 0)
+
+
+# ---- training with a pattern -----------------------------------------------------------------------------------------
+
+
+def test_training_gradients_with_a_window_pass_a_finite_difference_check():
+    config = CFG.replace(vocab_size=13, d_model=8, n_heads=4, n_kv_heads=2, head_dim=2, d_ff=6, attention="window:3")
+    rng = np.random.default_rng(0)
+    params = {k: v.astype(np.float64) * (10 if v.ndim > 1 else 1) for k, v in init_params(config, 1).items()}
+    tokens, targets = rng.integers(0, 13, (2, 7)), rng.integers(0, 13, (2, 7))
+    loss, grads, _ = bw.loss_and_grads(params, config, tokens, targets)
+    for name in ["blk.0.attn_q.weight", "blk.0.attn_k.weight", "blk.1.attn_v.weight", "token_embd.weight"]:
+        x = params[name].reshape(-1)
+        for i in rng.choice(x.size, 6, replace=False):
+            old = x[i]
+            x[i] = old + 1e-6
+            plus = bw.loss_and_grads(params, config, tokens, targets)[0]
+            x[i] = old - 1e-6
+            minus = bw.loss_and_grads(params, config, tokens, targets)[0]
+            x[i] = old
+            num, ana = (plus - minus) / 2e-6, grads[name].reshape(-1)[i]
+            assert abs(num - ana) / max(1e-3, abs(num) + abs(ana)) < 1e-5, (name, i, num, ana)
+    # the training forward is the model's forward under the same pattern
+    logits = forward(params, config, tokens).reshape(-1, 13)
+    ce = np.mean(np.log(np.sum(np.exp(logits), -1)) - logits[np.arange(14), targets.reshape(-1)])
+    np.testing.assert_allclose(loss, ce, rtol=1e-9)
+    dense_loss = bw.loss_and_grads(params, config.replace(attention="dense"), tokens, targets)[0]
+    assert abs(dense_loss - loss) > 1e-6
+
+
+# ---- the command line ------------------------------------------------------------------------------------------------
+
+
+def test_cli_rejects_a_bad_attention_flag_before_loading_anything(capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["generate", "-m", "missing.gguf", "--attention", "window:0"])
+    assert e.value.code == 2
+    assert "window:0" in capsys.readouterr().err
+    assert cli.attention_pattern("sinks:4,60") == "sinks:4,60"
