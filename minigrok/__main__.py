@@ -14,7 +14,7 @@ import os
 import sys
 from pathlib import Path
 
-from .config import PRESETS, ModelConfig, get_preset
+from .config import ATTENTION_SYNTAX, PRESETS, ModelConfig, get_preset, parse_attention
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL = REPO / "weights" / "minigrok-shakespeare.gguf"  # shipped with the repository
@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str | None, str]] = {
     "data": ("minigrok.train.data", "prepare a training corpus and tokenizer"),
     "train": ("minigrok.train.trainer", "train a model"),
     "eval": ("minigrok.evaluate", "evaluate a model on held-out text"),
+    "quantize": ("minigrok.quantize", "convert a model's weights to Q8_0, Q4_0, F16 or F32"),
 }
 
 
@@ -49,6 +50,20 @@ def _number(kind, low: float, high: float = math.inf, what: str = ""):
 
     return parse
 
+
+def attention_pattern(text: str) -> str:
+    """--attention values: checked (minigrok.config.parse_attention) and given in canonical spelling."""
+    try:
+        return str(parse_attention(text))
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+ATTENTION_COMMANDS = ("generate", "eval")  # commands that take --attention
+ATTENTION_HELP = (
+    f"attention pattern: {ATTENTION_SYNTAX} (default: the model's own, usually dense). "
+    "window:W and sinks:S,W run past the context length with a rolling KV cache"
+)
 
 positive_int = _number(int, 1, what="an integer >= 1")
 non_negative_int = _number(int, 0, what="an integer >= 0")
@@ -92,6 +107,8 @@ def run_generate(args: argparse.Namespace) -> int:
     from .generate import generate
 
     params, config, tokenizer = load_gguf(path)
+    if args.attention is not None:
+        config = config.replace(attention=args.attention)
 
     def write(text: str) -> None:
         sys.stdout.write(text)
@@ -220,6 +237,8 @@ def build_parser(command: str | None) -> Parser:
             module = importlib.import_module(module_name)
             add_arguments, run = module.add_arguments, module.run
         add_arguments(sub)
+        if name in ATTENTION_COMMANDS:
+            sub.add_argument("--attention", type=attention_pattern, metavar="PATTERN", help=ATTENTION_HELP)
         sub.set_defaults(run=run)
     return parser
 

@@ -81,6 +81,8 @@ def run(args) -> int:
     from .train.data import load_meta, load_split
 
     params, config, tokenizer = load_gguf(args.model)
+    if getattr(args, "attention", None) is not None:  # --attention, added by minigrok.__main__
+        config = config.replace(attention=args.attention)
     meta = load_meta(args.data)
     if meta["vocab_size"] != config.vocab_size:
         raise ValueError(
@@ -97,6 +99,7 @@ def run(args) -> int:
     total, n = evaluate_tokens(params, config, tokens, progress=not args.json)
     result = {
         "model": str(Path(args.model)),
+        "attention": config.attention,
         "split": args.split,
         "tokens": n,
         "chars": n_chars,
