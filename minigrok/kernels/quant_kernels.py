@@ -1,0 +1,198 @@
+"""Numba kernels for products with Q8_0 and Q4_0 weights: the fast twins of ``minigrok.quant.matmul_reference``.
+
+``matmul(x, w)`` computes ``x @ w.T`` reading the weight's quantized bytes directly, as llama.cpp does: each row
+of x is first quantized to int8 per 32-block (the Q8_0 rule, scale kept in float32), the 32 products of a block
+are exact integers, and they are scaled by the weight's and the activation's block scales and summed in float32.
+``dequantize_rows`` turns a few rows of a weight back into float32, for BLAS on big batches.
+
+The loops are written in the shape LLVM vectorizes here (../shared/reference/performance.md, measured):
+- one long loop over a row of K weights, with the block scale looked up as ``scale[k >> 5]``. A loop over blocks
+  with an inner loop of 32 stays scalar and is about 3x slower.
+- each product written ``int32(int32(a) * int32(b))``: without the outer int32, Numba widens it to int64 lanes.
+  Products of int8 fit int16 (127 * 128), so float32 holds each one exactly before it is scaled.
+- for Q4_0, the activation split once into the halves that the low and the high nibbles multiply, so the loop
+  reads both with unit stride instead of gathering.
+
+Safety: the kernels have explicit signatures, so they accept only C-contiguous arrays of the stated dtypes (Numba
+raises TypeError for anything else, and the wrappers below convert what they are given), and each kernel checks
+that the shapes agree and raises ValueError before any loop runs: no read is out of bounds.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import float32, int32, njit
+
+from ..quant import Q8_0, QK, QuantizedTensor
+
+# Allow reordering and fusing float32 sums (what lets LLVM vectorize them); no "afn"/"arcp", so divisions and
+# roundings are the exact IEEE ones of the NumPy reference, and no "nnan"/"ninf".
+FASTMATH = {"reassoc", "contract", "nsz"}
+FLT_MIN = np.float32(np.finfo(np.float32).tiny)
+
+
+@njit(cache=True, fastmath=FASTMATH)
+def _quantize_activations(x):
+    """x (N, K) float32 -> (q (N, K) int8, d (N, K // 32) float32); same rule as quant.quantize_activations."""
+    N, K = x.shape
+    n_blocks = K // QK
+    q = np.empty((N, K), np.int8)
+    d = np.empty((N, n_blocks), np.float32)
+    for n in range(N):
+        for b in range(n_blocks):
+            amax = float32(0)
+            for k in range(b * QK, b * QK + QK):
+                amax = max(amax, abs(x[n, k]))
+            d[n, b] = amax / float32(127)
+            inv_d = float32(1) / d[n, b] if d[n, b] >= FLT_MIN else float32(0)
+            for k in range(b * QK, b * QK + QK):
+                v = x[n, k] * inv_d
+                a = abs(v)
+                whole = np.floor(a)
+                r = whole + np.floor(float32(2) * (a - whole))  # round half away from zero, as C's roundf
+                q[n, k] = int32(r) if v >= 0 else -int32(r)
+    return q, d
+
+
+@njit("void(float32[:, ::1], int8[:, ::1], float32[:, ::1], float32[:, ::1])", cache=True, fastmath=FASTMATH)
+def q8_0_matmul(x, qs, d, out):
+    """out (N, R) = x (N, K) @ W.T for a Q8_0 weight W (R, K) given as qs (R, K) int8 and d (R, K // 32) float32."""
+    N, K = x.shape
+    R = qs.shape[0]
+    n_blocks = K // QK
+    if (
+        K % QK
+        or qs.shape[1] != K
+        or d.shape[0] != R
+        or d.shape[1] != n_blocks
+        or out.shape[0] != N
+        or out.shape[1] != R
+    ):
+        raise ValueError("q8_0_matmul: shapes disagree; need x (N, K), qs (R, K), d (R, K/32), out (N, R), 32 | K")
+    xq, dx = _quantize_activations(x)  # (N, K) int8, (N, n_blocks)
+    scale = np.empty(n_blocks, np.float32)  # (n_blocks,): weight scale * activation scale of each block
+    for r in range(R):
+        w = qs[r]  # (K,) int8
+        for n in range(N):
+            xn = xq[n]  # (K,) int8
+            for b in range(n_blocks):
+                scale[b] = d[r, b] * dx[n, b]
+            acc = float32(0)
+            for k in range(K):
+                acc += float32(int32(int32(w[k]) * int32(xn[k]))) * scale[k >> 5]
+            out[n, r] = acc
+
+
+@njit("void(float32[:, ::1], uint8[:, ::1], float32[:, ::1], float32[:, ::1])", cache=True, fastmath=FASTMATH)
+def q4_0_matmul(x, qs, d, out):
+    """out (N, R) = x (N, K) @ W.T for a Q4_0 weight W (R, K) given as qs (R, K // 2) uint8 (GGUF nibble order:
+    byte j of a block holds q[j] low and q[j + 16] high) and d (R, K // 32) float32; a weight is (q - 8) * d."""
+    N, K = x.shape
+    R = qs.shape[0]
+    n_blocks, half = K // QK, K // 2
+    if (
+        K % QK
+        or qs.shape[1] != half
+        or d.shape[0] != R
+        or d.shape[1] != n_blocks
+        or out.shape[0] != N
+        or out.shape[1] != R
+    ):
+        raise ValueError("q4_0_matmul: shapes disagree; need x (N, K), qs (R, K/2), d (R, K/32), out (N, R), 32 | K")
+    xq, dx = _quantize_activations(x)  # (N, K) int8, (N, n_blocks)
+    # Split each activation block into the 16 values the low nibbles multiply and the 16 the high nibbles do.
+    x_lo = np.empty((N, half), np.int8)  # x_lo[n, 16 b + j] = xq[n, 32 b + j]
+    x_hi = np.empty((N, half), np.int8)  # x_hi[n, 16 b + j] = xq[n, 32 b + 16 + j]
+    for n in range(N):
+        for b in range(n_blocks):
+            for j in range(QK // 2):
+                x_lo[n, b * 16 + j] = xq[n, b * QK + j]
+                x_hi[n, b * 16 + j] = xq[n, b * QK + 16 + j]
+    scale = np.empty(n_blocks, np.float32)
+    for r in range(R):
+        w = qs[r]  # (K / 2,) uint8
+        for n in range(N):
+            lo, hi = x_lo[n], x_hi[n]
+            for b in range(n_blocks):
+                scale[b] = d[r, b] * dx[n, b]
+            acc = float32(0)
+            for k in range(half):
+                byte = int32(w[k])
+                p = int32(int32((byte & 15) - 8) * int32(lo[k]) + int32((byte >> 4) - 8) * int32(hi[k]))
+                acc += float32(p) * scale[k >> 4]
+            out[n, r] = acc
+
+
+@njit("void(int8[:, ::1], float32[:, ::1], int64, int64, float32[:, ::1])", cache=True)
+def q8_0_dequantize_rows(qs, d, r0, r1, out):
+    """out[:r1 - r0] = the float32 rows r0..r1-1 of a Q8_0 weight (qs (R, K) int8, d (R, K // 32)): q * d."""
+    R, K = qs.shape
+    if (
+        not (0 <= r0 <= r1 <= R)
+        or d.shape[0] != R
+        or d.shape[1] * QK != K
+        or out.shape[0] < r1 - r0
+        or out.shape[1] != K
+    ):
+        raise ValueError(
+            "q8_0_dequantize_rows: need 0 <= r0 <= r1 <= R, d (R, K/32) and out of at least r1-r0 rows of K"
+        )
+    for i in range(r1 - r0):
+        for k in range(K):
+            out[i, k] = float32(qs[r0 + i, k]) * d[r0 + i, k >> 5]
+
+
+@njit("void(uint8[:, ::1], float32[:, ::1], int64, int64, float32[:, ::1])", cache=True)
+def q4_0_dequantize_rows(qs, d, r0, r1, out):
+    """out[:r1 - r0] = float32 rows r0..r1-1 of a Q4_0 weight (qs (R, K // 2) uint8, d (R, K // 32)): (q - 8) * d."""
+    R, half = qs.shape
+    K = 2 * half
+    if (
+        not (0 <= r0 <= r1 <= R)
+        or d.shape[0] != R
+        or d.shape[1] * QK != K
+        or out.shape[0] < r1 - r0
+        or out.shape[1] != K
+    ):
+        raise ValueError(
+            "q4_0_dequantize_rows: need 0 <= r0 <= r1 <= R, d (R, K/32) and out of at least r1-r0 rows of K"
+        )
+    for i in range(r1 - r0):
+        for b in range(K // QK):
+            db = d[r0 + i, b]
+            for j in range(QK // 2):
+                byte = int32(qs[r0 + i, b * 16 + j])
+                out[i, b * QK + j] = float32((byte & 15) - 8) * db
+                out[i, b * QK + 16 + j] = float32((byte >> 4) - 8) * db
+
+
+# ---- Python entry points: convert and check, then call a kernel --------------------------------------------------
+def _arrays(w: QuantizedTensor) -> tuple[np.ndarray, np.ndarray]:
+    if not isinstance(w, QuantizedTensor) or w.ndim != 2:
+        raise ValueError(f"expected a 2-D QuantizedTensor (out, in), got {w!r}")
+    return np.ascontiguousarray(w.qs), np.ascontiguousarray(w.d, dtype=np.float32)
+
+
+def matmul(x: np.ndarray, w: QuantizedTensor) -> np.ndarray:
+    """``x @ w.T`` with the integer kernel: x (N, K) float, w (R, K) Q8_0 or Q4_0 -> (N, R) float32.
+
+    Agrees with ``quant.matmul_reference`` up to float32 summation order (tests/test_quant.py states the bound).
+    Raises ValueError if the shapes do not fit.
+    """
+    qs, d = _arrays(w)
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if x.ndim != 2 or x.shape[1] != w.shape[1]:
+        raise ValueError(f"x must be (N, {w.shape[1]}) to multiply a weight of shape {w.shape}, got {x.shape}")
+    out = np.empty((x.shape[0], w.shape[0]), np.float32)  # (N, R)
+    (q8_0_matmul if w.type == Q8_0 else q4_0_matmul)(x, qs, d, out)
+    return out
+
+
+def dequantize_rows(w: QuantizedTensor, r0: int, r1: int, out: np.ndarray) -> np.ndarray:
+    """Rows r0..r1-1 of a 2-D quantized weight as float32, written into ``out`` (at least r1 - r0 rows of K,
+    C-contiguous float32); returns the view ``out[: r1 - r0]``. Raises ValueError on bad rows or buffer."""
+    qs, d = _arrays(w)
+    if not (isinstance(out, np.ndarray) and out.dtype == np.float32 and out.ndim == 2 and out.flags.c_contiguous):
+        raise ValueError("out must be a C-contiguous 2-D float32 array")
+    (q8_0_dequantize_rows if w.type == Q8_0 else q4_0_dequantize_rows)(qs, d, r0, r1, out)
+    return out[: r1 - r0]
