@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .quant import QuantizedTensor, quantized_linear
+
 SQRT_2_OVER_PI = np.float32(np.sqrt(2.0 / np.pi))
 
 
@@ -14,7 +16,10 @@ def linear(x: np.ndarray, w: np.ndarray) -> np.ndarray:
     """``x @ w.T`` for a weight stored (out, in) as in GGUF, over any leading axes: (..., in) -> (..., out).
 
     The leading axes are flattened first, so NumPy makes one BLAS call (a stacked 3-D matmul is far slower).
+    A Q8_0/Q4_0 weight (a ``QuantizedTensor``) goes to ``quant.quantized_linear``, which reads its blocks directly.
     """
+    if isinstance(w, QuantizedTensor):
+        return quantized_linear(x, w)
     return (x.reshape(-1, x.shape[-1]) @ w.T).reshape(*x.shape[:-1], w.shape[0])
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .layers import gelu_tanh, softmax
+from .layers import gelu_tanh, linear, softmax
 
 
 def route(x: np.ndarray, w_router: np.ndarray, top_k: int, renormalize: bool):
@@ -35,9 +35,10 @@ def expert_ffn(x: np.ndarray, w_gate: np.ndarray, w_up: np.ndarray, w_down: np.n
     """One GeGLU expert: ``down(gelu_tanh(x @ gate.T) * (x @ up.T))``.
 
     x (n, d_model); w_gate, w_up (d_ff, d_model); w_down (d_model, d_ff) -> (n, d_model).
+    The weights may be float arrays or quantized (``linear`` dispatches).
     """
-    hidden = gelu_tanh(x @ w_gate.T) * (x @ w_up.T)  # (n, d_ff)
-    return hidden @ w_down.T  # (n, d_model)
+    hidden = gelu_tanh(linear(x, w_gate)) * linear(x, w_up)  # (n, d_ff)
+    return linear(hidden, w_down)  # (n, d_model)
 
 
 def moe(x, w_router, w_gate_exps, w_up_exps, w_down_exps, top_k: int, renormalize: bool) -> np.ndarray:
