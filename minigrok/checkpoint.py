@@ -11,6 +11,12 @@ Sources: tensor names and metadata keys from llama.cpp src/models/grok.cpp (``lo
 Parameters are a flat dict ``{gguf_name: np.ndarray}`` with the NumPy shapes of ``ModelConfig.param_shapes()``.
 NumPy order is the reverse of GGML's ``ne``; ``GGUFWriter.add_tensor`` writes a NumPy shape reversed and
 ``GGUFReader`` reverses it back, so arrays go in and come out in NumPy order with no transposes here.
+
+Quantized files (``python -m minigrok quantize``): Q8_0 and Q4_0 tensors are read as ``quant.QuantizedTensor``
+(written back as the same blocks) for the weights the forward pass multiplies through ``layers.linear``: attn_q,
+attn_k, attn_v, attn_output, ffn_gate_exps, ffn_up_exps, ffn_down_exps. Norms, the router (ffn_gate_inp) and the
+token embedding stay F32/F16 in the files minigrok writes (``quant.storage_type`` says why); a quantized one in
+another tool's file is dequantized on load, since minigrok uses them as plain arrays.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import gguf
 import numpy as np
 
 from minigrok.config import ModelConfig
+from minigrok.quant import Q4_0, Q8_0, QuantizedTensor
 from minigrok.tokenizer import Tokenizer
 
 ARCH = "grok"
@@ -35,6 +42,10 @@ _FLOAT_FIELDS = (
     "rope_theta", "rms_eps", "embedding_multiplier", "attention_multiplier", "attn_logit_softcap", "output_multiplier"
 )  # fmt: skip
 _F16_MAX = float(np.finfo(np.float16).max)  # 65504: larger values would become inf in an F16 tensor
+_Q = gguf.GGMLQuantizationType
+_QUANT_TYPES = {_Q.Q8_0: Q8_0, _Q.Q4_0: Q4_0}  # GGML type -> quant.py's name
+# Tensors the forward pass multiplies through layers.linear, which takes a QuantizedTensor as is.
+_LINEAR_WEIGHTS = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate_exps", "ffn_up_exps", "ffn_down_exps")
 
 _T = gguf.GGUFValueType
 _VALUE_TYPES = {
@@ -81,12 +92,12 @@ def save_gguf(
         path: destination file. Written atomically: a temp file in the same directory, then ``os.replace``,
             so a failed save never leaves a partial file or clobbers an existing one.
         params: ``{gguf_name: array}`` with exactly the names and NumPy shapes of ``config.param_shapes()``,
-            floating point, all finite.
+            floating point, all finite; a ``quant.QuantizedTensor`` value is written as its Q8_0/Q4_0 blocks.
         config: the hyperparameters, stored as ``grok.*`` keys (floats as float32, which llama.cpp reads, plus
             exact float64 copies as ``minigrok.config.*``).
         tokenizer: its ``to_gguf_fields()`` go to the ``tokenizer.ggml.*`` keys; it must have
             ``config.vocab_size`` tokens.
-        dtype: ``"f32"`` or ``"f16"``: the type of the 2-D and 3-D weight matrices. 1-D norms and the router
+        dtype: ``"f32"`` or ``"f16"``: the type of the 2-D and 3-D float weight matrices. 1-D norms and the router
             (``ffn_gate_inp``) are always F32, as llama.cpp's convert_hf_to_gguf.py does.
         metadata: extra ``{name: str | int | float | bool}`` pairs, stored as ``minigrok.<name>``
             (e.g. training steps, loss); read them back with :func:`read_metadata`.
@@ -112,6 +123,9 @@ def save_gguf(
 
     tensors = {}
     for name, arr in params.items():
+        if isinstance(arr, QuantizedTensor):
+            tensors[name] = arr
+            continue
         store_f16 = dtype == "f16" and arr.ndim >= 2 and not name.endswith("ffn_gate_inp.weight")
         if store_f16 and np.abs(arr).max() > _F16_MAX:
             raise CheckpointError(
@@ -126,7 +140,8 @@ def save_gguf(
     os.close(fd)
     writer = gguf.GGUFWriter(tmp, ARCH)  # also writes general.architecture = "grok"
     try:
-        _add_hparams(writer, config, dtype)
+        quant_types = {arr.type for arr in tensors.values() if isinstance(arr, QuantizedTensor)}
+        _add_hparams(writer, config, dtype, quant_types)
         writer.add_tokenizer_model("gpt2")  # byte-level BPE, llama.cpp's name for it
         writer.add_tokenizer_pre(tok["pre"])
         writer.add_token_list(tok["tokens"])
@@ -137,7 +152,11 @@ def save_gguf(
         for key, value, vtype in extra:
             writer.add_key_value(key, value, vtype)
         for name, arr in tensors.items():
-            writer.add_tensor(name, arr)
+            if isinstance(arr, QuantizedTensor):  # uint8 blocks; the writer turns the byte shape into the real one
+                ggml_type = next(t for t, q in _QUANT_TYPES.items() if q == arr.type)
+                writer.add_tensor(name, arr.to_blocks(), raw_dtype=ggml_type)
+            else:
+                writer.add_tensor(name, arr)
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
@@ -153,10 +172,14 @@ def save_gguf(
         raise
 
 
-def _add_hparams(writer: gguf.GGUFWriter, c: ModelConfig, dtype: str) -> None:
+def _add_hparams(writer: gguf.GGUFWriter, c: ModelConfig, dtype: str, quant_types: set[str]) -> None:
     """The ``grok.*`` keys llama.cpp reads (grok.cpp load_arch_hparams and llama_model::load_hparams)."""
     writer.add_name("minigrok")
-    writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16 if dtype == "f16" else gguf.LlamaFileType.ALL_F32)
+    if quant_types:  # general.file_type names the main type (informational: llama.cpp reads each tensor's own)
+        file_type = gguf.LlamaFileType.MOSTLY_Q4_0 if Q4_0 in quant_types else gguf.LlamaFileType.MOSTLY_Q8_0
+    else:
+        file_type = gguf.LlamaFileType.MOSTLY_F16 if dtype == "f16" else gguf.LlamaFileType.ALL_F32
+    writer.add_file_type(file_type)
     writer.add_context_length(c.context_length)
     writer.add_embedding_length(c.d_model)
     writer.add_block_count(c.n_layers)
@@ -222,7 +245,15 @@ def _check_params(params: dict, config: ModelConfig, where: str) -> dict[str, np
         )
     out = {}
     for name, shape in expected.items():
-        arr = np.asarray(params[name])
+        arr = params[name]
+        if isinstance(arr, QuantizedTensor):
+            if arr.shape != shape:
+                raise CheckpointError(f"tensor {name!r} in {where} has shape {arr.shape}; the config needs {shape}")
+            if not np.all(np.isfinite(arr.d)):
+                raise CheckpointError(f"tensor {name!r} in {where} has non-finite {arr.type.upper()} block scales")
+            out[name] = arr
+            continue
+        arr = np.asarray(arr)
         if arr.dtype.kind != "f":
             raise CheckpointError(f"tensor {name!r} in {where} has dtype {arr.dtype}; expected floating point")
         if arr.shape != shape:
@@ -244,12 +275,14 @@ def load_gguf(path: str | os.PathLike, *, dtype=np.float32) -> tuple[dict[str, n
     """Read a grok GGUF file: ``(params, config, tokenizer)``.
 
     Args:
-        path: a file written by :func:`save_gguf` or by llama.cpp's tools (F32/F16 tensors, tied embeddings,
-            a ``gpt2`` byte-level BPE tokenizer).
+        path: a file written by :func:`save_gguf` or by llama.cpp's tools (F32/F16/Q8_0/Q4_0 tensors, tied
+            embeddings, a ``gpt2`` byte-level BPE tokenizer).
         dtype: NumPy float dtype of the returned arrays (F16 tensors are upcast).
 
     Returns:
         params: ``{gguf_name: array}`` in the NumPy shapes of ``config.param_shapes()``, copied out of the file.
+            Q8_0/Q4_0 weights that go through ``layers.linear`` come back as ``quant.QuantizedTensor``; any other
+            quantized tensor (norm, router, embedding) is dequantized to ``dtype``.
         config: from the ``grok.*`` keys; a key llama.cpp treats as optional falls back to llama.cpp's default
             (Grok-1's constants; ``expert_weights_norm`` -> True; ``key_length`` -> d_model / n_heads).
             Float hyperparameters come back exactly as saved (float64 copies under ``minigrok.config.*``);
@@ -259,7 +292,7 @@ def load_gguf(path: str | os.PathLike, *, dtype=np.float32) -> tuple[dict[str, n
     Raises:
         CheckpointError: unreadable file, not GGUF, unsupported version, truncated or corrupt, architecture not
             ``grok``, a missing or mistyped key, a missing/unexpected/wrong-shape tensor, a tensor type other than
-            F32/F16 (quantized types are not supported yet), non-finite values. The message names the path.
+            F32/F16/Q8_0/Q4_0, non-finite values. The message names the path.
     """
     if np.dtype(dtype).kind != "f":
         raise CheckpointError(f"dtype must be a floating point NumPy dtype, got {dtype!r}")
@@ -273,12 +306,21 @@ def load_gguf(path: str | os.PathLike, *, dtype=np.float32) -> tuple[dict[str, n
                 f"{path} has an untied unembedding 'output.weight'; minigrok only supports tied embeddings "
                 "(logits = norm(h) @ token_embd.T)"
             )
-        if t.tensor_type not in (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16):
+        shape = tuple(int(n) for n in reversed(t.shape))  # NumPy order (the reader lists GGML's ne)
+        if t.tensor_type in _QUANT_TYPES:
+            try:
+                w = QuantizedTensor.from_blocks(_QUANT_TYPES[t.tensor_type], shape, t.data)  # a copy
+            except ValueError as e:
+                raise CheckpointError(f"{path}: tensor {t.name!r}: {e}") from None
+            is_linear = t.name.startswith("blk.") and t.name.split(".")[2] in _LINEAR_WEIGHTS
+            params[t.name] = w if is_linear else w.dequantize().astype(dtype, copy=False)
+        elif t.tensor_type in (_Q.F32, _Q.F16):
+            params[t.name] = np.array(t.data, dtype=dtype)  # a copy, in NumPy shape (the reader reverses ne)
+        else:
             raise CheckpointError(
-                f"{path}: tensor {t.name!r} is {t.tensor_type.name}; minigrok reads F32 and F16 tensors "
-                "(quantized types are not supported yet): use an F16 or F32 export of the model"
+                f"{path}: tensor {t.name!r} is {t.tensor_type.name}; minigrok reads F32, F16, Q8_0 and Q4_0 tensors: "
+                "convert the model with llama.cpp's llama-quantize to one of those, or use an F16 export"
             )
-        params[t.name] = np.array(t.data, dtype=dtype)  # a copy, in NumPy shape (the reader reverses ne)
     tokenizer = _read_tokenizer(reader, path)
     del reader  # release the memory map
     return _check_params(params, config, str(path)), config, tokenizer

@@ -318,11 +318,11 @@ def test_bad_tensors(tiny_file, tmp_path):
             lambda a: a.update({"output_norm.weight": (np.full(64, np.nan, np.float32), Q.F32)}),
             "'output_norm.weight' in",
         ),
-        "q8_0": (
+        "q4_1": (  # a quantized type minigrok does not read (Q8_0 and Q4_0 are tested in test_quant.py)
             lambda a: a.update(
-                {"blk.0.attn_q.weight": (gguf.quants.quantize(a["blk.0.attn_q.weight"][0], Q.Q8_0), Q.Q8_0)}
+                {"blk.0.attn_q.weight": (gguf.quants.quantize(a["blk.0.attn_q.weight"][0], Q.Q4_1), Q.Q4_1)}
             ),  # fmt: skip
-            "'blk.0.attn_q.weight' is Q8_0",
+            "'blk.0.attn_q.weight' is Q4_1",
         ),
     }
     for case, (change, needle) in cases.items():
@@ -336,7 +336,7 @@ def test_bad_tensors(tiny_file, tmp_path):
         assert needle in message, (case, message)
     assert "shape (64, 32)" in load_error(tmp_path / "transposed.gguf")
     assert "64 non-finite" in load_error(tmp_path / "nan.gguf")
-    assert "not supported yet" in load_error(tmp_path / "q8_0.gguf")
+    assert "reads F32, F16, Q8_0 and Q4_0" in load_error(tmp_path / "q4_1.gguf")
 
 
 # ---- bad saves, atomically ----------------------------------------------------------------------
