@@ -197,7 +197,7 @@ def attend(
     return out.reshape(B, T, n_heads, head_dim), probs
 
 
-def _keys(a: np.ndarray, idx: np.ndarray) -> np.ndarray:
+def take_keys(a: np.ndarray, idx: np.ndarray) -> np.ndarray:
     """a[:, :, idx] along the key axis: a view when idx is a contiguous run (a dense or window block), else a copy."""
     if idx.size and idx[-1] - idx[0] + 1 == idx.size:
         return a[:, :, idx[0] : idx[-1] + 1]
@@ -223,7 +223,7 @@ def attend_pattern(q, k, v, q_pos, k_pos, pattern: AttentionPattern, multiplier:
         mask = pattern_mask(pattern, q_pos[a:b], k_pos[idx])  # (b - a, n)
         sink = None if q_sink is None else q_sink[:, a:b]
         sink_keys = None if q_sink is None else (k_pos[idx] >= 0) & (k_pos[idx] < pattern.sinks)
-        out[:, a:b], _ = attend(q[:, a:b], _keys(k, idx), _keys(v, idx), mask, multiplier, cap, sink, sink_keys)
+        out[:, a:b], _ = attend(q[:, a:b], take_keys(k, idx), take_keys(v, idx), mask, multiplier, cap, sink, sink_keys)
     return out
 
 

@@ -3,7 +3,9 @@
 ``decode_attention`` (Numba) and ``decode_attention_numpy`` (its NumPy twin) take the same arguments and give the
 same result (tests/test_sparse_attention.py ties them). A decode step's query sees at most W keys with window:W,
 S + W with sinks:S,W: both read only those slots of the cache, never a (heads × max_len) score matrix.
-The kernel reads each key and value row once for all the query heads that share it (grouped-query attention).
+The Numba loops do the memory-bound part: find the visible slots from the positions alone, then read each of their
+key and value rows once for all the query heads that share it (grouped-query attention). The soft-cap and softmax
+on the (n_heads, n) scores in between are NumPy's (SIMD tanh and exp; Numba's are scalar calls, about 50x slower).
 """
 
 from __future__ import annotations
@@ -11,8 +13,9 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from ..attention import attend, pattern_mask
+from ..attention import attend, pattern_mask, take_keys
 from ..config import AttentionPattern
+from ..layers import softcap, softmax
 
 _KINDS = {"dense": 0, "window": 1, "sinks": 2, "block": 3}
 
@@ -46,16 +49,12 @@ def _visible(kind, p1, p2, p3, p4, i, j):
     return True
 
 
-@numba.njit(cache=True, fastmath=True)
-def _decode_kernel(q, q_sink, k, v, k_pos, q_position, code, multiplier, cap, out):
-    """out (B, n_heads, hd) = attention of q (B, n_heads, hd) over the visible slots of k, v (B, n_kv, C, hd).
-
-    Returns the number of visible slots (0 leaves out untouched; the caller raises)."""
-    B, n_heads, hd = q.shape
-    n_kv = k.shape[1]
-    group = n_heads // n_kv
+@numba.njit(cache=True)
+def _visible_slots(k_pos, q_position, code):
+    """The slots (n,) whose key the query at q_position sees, and which of them are sinks (n,): read from the
+    positions alone, so no key or value of a hidden slot is touched."""
     kind, p1, p2, p3, p4 = code[0], code[1], code[2], code[3], code[4]
-    idx = np.empty(k_pos.shape[0], np.int64)  # the visible slots: found from positions alone, no key is read
+    idx = np.empty(k_pos.shape[0], np.int64)
     sink = np.empty(k_pos.shape[0], np.bool_)
     n = 0
     for s in range(k_pos.shape[0]):
@@ -63,41 +62,47 @@ def _decode_kernel(q, q_sink, k, v, k_pos, q_position, code, multiplier, cap, ou
             idx[n] = s
             sink[n] = kind == 2 and k_pos[s] < p1
             n += 1
-    if n == 0:
-        return 0
-    scores = np.empty((group, n), np.float32)
-    inv_total = np.empty(group, np.float32)
+    return idx[:n], sink[:n]
+
+
+@numba.njit(cache=True, fastmath=True)
+def _scores(q, q_sink, k, idx, sink):
+    """Raw scores (B, n_heads, n) = q · k for the slots idx; each key row is read once for its group of heads."""
+    B, n_heads, hd = q.shape
+    n_kv = k.shape[1]
+    group = n_heads // n_kv
+    scores = np.empty((B, n_heads, idx.shape[0]), np.float32)
     for b in range(B):
         for h in range(n_kv):
-            for m in range(n):  # scores: each key row is read once for the whole group of query heads
-                s = idx[m]
-                for g in range(group):
-                    qh = q_sink[b, h * group + g] if sink[m] else q[b, h * group + g]
+            for m in range(idx.shape[0]):
+                key = k[b, h, idx[m]]  # (hd,)
+                qs = q_sink[b] if sink[m] else q[b]  # (n_heads, hd)
+                for g in range(h * group, (h + 1) * group):
                     acc = np.float32(0.0)
                     for d in range(hd):
-                        acc += qh[d] * k[b, h, s, d]
-                    x = acc * multiplier
-                    if cap > 0:
-                        x = cap * np.tanh(x / cap)
-                    scores[g, m] = x
-            for g in range(group):  # softmax, max subtracted first
-                top = scores[g, 0]
-                for m in range(1, n):
-                    top = max(top, scores[g, m])
-                total = np.float32(0.0)
-                for m in range(n):
-                    e = np.exp(scores[g, m] - top)
-                    scores[g, m] = e
-                    total += e
-                inv_total[g] = 1.0 / total
-                out[b, h * group + g, :] = 0.0
-            for m in range(n):  # weighted sum of values: each value row read once
-                s = idx[m]
+                        acc += qs[g, d] * key[d]
+                    scores[b, g, m] = acc
+    return scores
+
+
+@numba.njit(cache=True, fastmath=True)
+def _weighted_values(probs, v, idx):
+    """out (B, n_heads, hd) = sum over m of probs[:, :, m] · v[slot idx[m]]; each value row is read once."""
+    B, n_heads, n = probs.shape
+    n_kv, hd = v.shape[1], v.shape[3]
+    group = n_heads // n_kv
+    out = np.empty((B, n_heads, hd), np.float32)
+    for b in range(B):
+        for h in range(n_kv):
+            acc = np.zeros((group, hd), np.float32)  # a local accumulator: LLVM vectorizes the d loop (not so
+            for m in range(n):  # when adding into out directly, which might alias v)
+                value = v[b, h, idx[m]]  # (hd,)
                 for g in range(group):
-                    p = scores[g, m] * inv_total[g]
+                    p = probs[b, h * group + g, m]
                     for d in range(hd):
-                        out[b, h * group + g, d] += p * v[b, h, s, d]
-    return n
+                        acc[g, d] += p * value[d]
+            out[b, h * group : (h + 1) * group] = acc
+    return out
 
 
 def _check(q, q_sink, k, v, k_pos):
@@ -123,14 +128,12 @@ def decode_attention(q, q_sink, k, v, k_pos, q_position: int, pattern: Attention
     q, q_sink = np.ascontiguousarray(q, np.float32), np.ascontiguousarray(q_sink, np.float32)
     k_pos = np.ascontiguousarray(k_pos, np.int64)
     _check(q, q_sink, k, v, k_pos)
-    k, v = np.asarray(k, np.float32), np.asarray(v, np.float32)  # cache views: never copied
-    out = np.empty_like(q)
-    n = _decode_kernel(
-        q, q_sink, k, v, k_pos, int(q_position), pattern_code(pattern), np.float32(multiplier), np.float32(cap), out
-    )
-    if n == 0:
+    k, v = np.asarray(k, np.float32), np.asarray(v, np.float32)  # the cache itself: never copied
+    idx, sink = _visible_slots(k_pos, int(q_position), pattern_code(pattern))  # (n,), (n,)
+    if idx.size == 0:
         raise ValueError(f"no cached key is visible to position {q_position} under {pattern}")
-    return out
+    scores = softcap(_scores(q, q_sink, k, idx, sink) * np.float32(multiplier), cap)  # (B, n_heads, n)
+    return _weighted_values(softmax(scores, axis=-1), v, idx)  # (B, n_heads, hd)
 
 
 def decode_attention_numpy(q, q_sink, k, v, k_pos, q_position: int, pattern: AttentionPattern, multiplier, cap):
@@ -143,5 +146,6 @@ def decode_attention_numpy(q, q_sink, k, v, k_pos, q_position: int, pattern: Att
         raise ValueError(f"no cached key is visible to position {q_position} under {pattern}")
     sink_keys = k_pos[idx] < pattern.sinks  # (n,) all False unless the pattern has sinks
     mask = np.ones((1, idx.size), bool)
-    out, _ = attend(q[:, None], k[:, :, idx], v[:, :, idx], mask, multiplier, cap, q_sink[:, None], sink_keys)
+    k, v = take_keys(k, idx), take_keys(v, idx)  # (B, n_kv, n, hd): a view when the slots are contiguous
+    out, _ = attend(q[:, None], k, v, mask, multiplier, cap, q_sink[:, None], sink_keys)
     return out[:, 0]  # (B, n_heads, hd)
