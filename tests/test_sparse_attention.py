@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 from minigrok import __main__ as cli
 from minigrok import attention as attn
 from minigrok.attention import (
+    KVCache,
     attention,
     keys_needed,
     kv_cache_size,
@@ -15,6 +16,7 @@ from minigrok.attention import (
     sink_query_positions,
 )
 from minigrok.config import AttentionPattern, ModelConfig, grok1_constants, parse_attention
+from minigrok.generate import generate
 from minigrok.kernels.attention_kernels import decode_attention, decode_attention_numpy
 from minigrok.layers import apply_rope, linear, rope_tables, softmax
 from minigrok.model import forward, init_cache, init_params
@@ -410,3 +412,46 @@ def test_cli_rejects_a_bad_attention_flag_before_loading_anything(capsys):
     assert e.value.code == 2
     assert "window:0" in capsys.readouterr().err
     assert cli.attention_pattern("sinks:4,60") == "sinks:4,60"
+
+
+# ---- generation past the context length ------------------------------------------------------------------------------
+
+
+class CharTokenizer:
+    """Just enough of a tokenizer for generate(): one id per character, id 63 is the end of text."""
+
+    vocab_size, eot_id = 64, 63
+
+    def encode(self, text):
+        return [ord(c) % 63 for c in text]
+
+    def stream_decoder(self):
+        class Decoder:
+            def push(self, token):
+                return chr(48 + token)
+
+            def flush(self):
+                return ""
+
+        return Decoder()
+
+
+def test_generate_with_sinks_runs_past_the_context_in_a_flat_cache_and_matches_full_recomputation(monkeypatch):
+    config = with_pattern("sinks:2,6").replace(context_length=16)
+    caches = []
+    original = KVCache.__init__
+
+    def spy(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        caches.append(self)
+
+    monkeypatch.setattr(KVCache, "__init__", spy)
+    result = generate(PARAMS, config, CharTokenizer(), "to be or not", 40, temperature=0.0)
+    assert len(result.prompt_ids) + result.n_generated > 2 * config.context_length
+    assert caches[0].max_len == 8 and caches[0].pos == len(result.prompt_ids) + result.n_generated - 1
+    ids = list(result.prompt_ids)
+    for token in result.token_ids:  # greedy from a full forward of everything so far, under the same pattern
+        assert token == int(np.argmax(forward(PARAMS, config, np.array([ids]))[0, -1]))
+        ids.append(token)
+    with pytest.raises(ValueError, match="context length of 16.*--attention sinks:4,12"):
+        generate(PARAMS, CFG.replace(context_length=16), CharTokenizer(), "to be or not", 40)
