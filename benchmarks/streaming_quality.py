@@ -72,6 +72,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="weights/minigrok-shakespeare.gguf", help="a dense-trained GGUF model")
     p.add_argument("--window-model", help="optional: a model trained with window attention, run with its pattern")
+    p.add_argument("--window-attention", help="the window model's pattern, if its file does not record it")
     p.add_argument("--data", default="data/shakespeare", help="prepared data folder (default: %(default)s)")
     p.add_argument("--tokens", type=int, default=8192, help="stream length in tokens (default: 8192)")
     p.add_argument("--chunk", type=int, default=256, help="tokens per forward call (default: 256)")
@@ -92,6 +93,7 @@ def main(argv=None) -> int:
     }
     if args.window_model:
         wparams, wconfig, _ = load_gguf(args.window_model)
+        wconfig = wconfig.replace(attention=args.window_attention or wconfig.attention)
         runs[f"window-trained model, {wconfig.attention}"] = (wparams, wconfig)
 
     results = {"model": args.model, "tokens": len(tokens) - 1, "chars": float(chars.sum()), "trained_context": W}
