@@ -14,6 +14,9 @@ works for a whole sequence, a chunk of it, or a rolling KV cache whose slots hol
 
 from __future__ import annotations
 
+import functools
+from dataclasses import dataclass
+
 import numpy as np
 
 from .config import AttentionPattern
@@ -181,9 +184,8 @@ def attend(
     group = n_heads // n_kv_heads
 
     def stack(a):  # (B, T, n_heads, hd) -> (B, n_kv, group*T, hd)
-        return (
-            a.reshape(B, T, n_kv_heads, group, head_dim).transpose(0, 2, 3, 1, 4).reshape(B, n_kv_heads, -1, head_dim)
-        )
+        a = a.reshape(B, T, n_kv_heads, group, head_dim).transpose(0, 2, 3, 1, 4)  # (B, n_kv, group, T, hd)
+        return a.reshape(B, n_kv_heads, group * T, head_dim)
 
     scores = (stack(q) @ k.transpose(0, 1, 3, 2)) * np.float32(multiplier)  # (B, n_kv, group*T, S)
     if q_sink is not None and np.any(sink_keys):
@@ -228,20 +230,28 @@ def attend_pattern(q, k, v, q_pos, k_pos, pattern: AttentionPattern, multiplier:
 
 
 # ---- the KV cache ----------------------------------------------------------------------------------------------------
+@dataclass
 class CacheStep:
     """How one forward call of T new tokens uses a KVCache (made by KVCache.begin, applied by KVCache.commit).
 
-    positions (T,): the new tokens' positions. write_first: the new keys go into free slots ``slots`` before
-    attention, which then reads slots [:n_read] with positions ``after``. Otherwise (a chunk larger than the free
-    slots of a rolling cache) attention reads the kept slots ``read`` plus the new keys, and afterwards the new
-    tokens ``store`` (indices into the chunk) are written to ``slots``.
+    write_first: the new keys go into the free slots ``slots`` before attention, which then reads slots
+    [:n_read] at positions ``after``. Otherwise (a chunk longer than the free slots of a rolling cache) attention
+    reads the kept slots ``read`` plus the new keys, and afterwards the new tokens ``store`` (indices into the
+    chunk) are written to ``slots``.
     """
 
-    def __init__(self, positions, write_first, slots, store, read, after):
-        self.positions, self.write_first, self.slots, self.store, self.read = positions, write_first, slots, store, read
-        self.after = after  # (max_len,) the cache's positions once this step is done
-        live = np.flatnonzero(after >= 0)
-        self.n_read = int(live[-1]) + 1 if live.size else 0
+    positions: np.ndarray  # (T,) the new tokens' absolute positions
+    write_first: bool
+    slots: np.ndarray  # (n,) where the stored new tokens go
+    store: np.ndarray  # (n,) which of the new tokens are stored (all T when write_first)
+    read: np.ndarray | None  # (m,) slots read besides the new keys (when not write_first)
+    after: np.ndarray  # (max_len,) the cache's positions once this step is done (-1 = empty)
+
+    @functools.cached_property
+    def n_read(self) -> int:
+        """Slots 0 .. n_read-1 hold every position the cache keeps after this step."""
+        live = np.flatnonzero(self.after >= 0)
+        return int(live[-1]) + 1 if live.size else 0
 
 
 class KVCache:
