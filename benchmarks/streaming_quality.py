@@ -9,7 +9,7 @@ it that its attention pattern keeps (Xiao et al. 2023, "Efficient Streaming Lang
 Sinks", figure 3 and section 4.1, at our scale):
 
 - dense: the whole past, at RoPE distances up to --tokens, far beyond the trained context (expected to break down);
-- window:W: the last W tokens (W = the trained context; a rolling cache of W entries);
+- window:W: the last W tokens (W = --window, default the trained context; a rolling cache of W entries);
 - sinks:S,W-S: the first S tokens plus the last W - S (the same W cache entries; expected to stay flat);
 - with --window-model, a model trained with window attention, under its own pattern;
 - reference: the usual evaluation (python -m minigrok eval): windows of the trained context, re-computed.
@@ -77,13 +77,15 @@ def main(argv=None) -> int:
     p.add_argument("--tokens", type=int, default=8192, help="stream length in tokens (default: 8192)")
     p.add_argument("--chunk", type=int, default=256, help="tokens per forward call (default: 256)")
     p.add_argument("--sinks", type=int, default=4, help="S of sinks:S,W-S (default: 4)")
+    p.add_argument("--window", type=int, help="W of window:W and sinks:S,W-S (default: the trained context)")
     p.add_argument("--bucket", type=int, default=256, help="tokens per point of the plot (default: 256)")
     p.add_argument("--out", default=str(HERE / "streaming_quality"), help="output path without suffix (.png, .json)")
     args = p.parse_args(argv)
 
     params, config, tokenizer = load_gguf(args.model)
     tokens = np.asarray(load_split(args.data, "val")[: args.tokens + 1], dtype=np.int64)
-    W = config.context_length
+    C = config.context_length  # the trained context
+    W = args.window or C
     chars = np.array([len(tokenizer.decode([int(t)]).replace("<|endoftext|>", "")) for t in tokens[1:]], float)
     sinks = f"sinks:{args.sinks},{W - args.sinks}"  # the same W cache entries as window:W
     runs = {
@@ -96,17 +98,23 @@ def main(argv=None) -> int:
         wconfig = wconfig.replace(attention=args.window_attention or wconfig.attention)
         runs[f"window-trained model, {wconfig.attention}"] = (wparams, wconfig)
 
-    results = {"model": args.model, "tokens": len(tokens) - 1, "chars": float(chars.sum()), "trained_context": W}
+    results = {
+        "model": args.model,
+        "tokens": len(tokens) - 1,
+        "chars": float(chars.sum()),
+        "trained_context": C,
+        "window": W,
+    }
     reference = recomputed_nats(params, config, tokens)
     ref_curve = per_bucket(reference, chars, args.bucket)
     ref = float(reference.sum() / chars.sum())
     results["reference"] = {"nats_per_char": ref, "buckets": ref_curve.round(4).tolist()}
-    print(f"{'reference: re-computed windows of ' + str(W):<44} {ref:.4f} nats/char overall")
+    print(f"{'reference: re-computed windows of ' + str(C):<44} {ref:.4f} nats/char overall")
     curves = {}
     for label, (run_params, run_config) in runs.items():
         nats = stream_nats(run_params, run_config, tokens, args.chunk)
         curves[label] = per_bucket(nats, chars, args.bucket)
-        inside, past = slice(0, W), slice(W, None)
+        inside, past = slice(0, C), slice(C, None)
         results[label] = {
             "attention": run_config.attention,
             "nats_per_char": float(nats.sum() / chars.sum()),
@@ -116,7 +124,7 @@ def main(argv=None) -> int:
             "buckets": curves[label].round(4).tolist(),
         }
         print(
-            f"{label:<44} {results[label]['nats_per_char']:.4f} nats/char overall | first {W} tokens "
+            f"{label:<44} {results[label]['nats_per_char']:.4f} nats/char overall | first {C} tokens "
             f"{results[label]['nats_per_char_first_context']:.4f} | past them "
             f"{results[label]['nats_per_char_past_context']:.4f} | last bucket {curves[label][-1]:.4f}"
         )
@@ -129,14 +137,14 @@ def main(argv=None) -> int:
 
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 6.5), dpi=120, sharex=True, height_ratios=[3, 2])
     x = (np.arange(len(ref_curve)) + 0.5) * args.bucket  # bucket centres (tokens)
-    top.plot(x, ref_curve, color="gray", linestyle=":", label=f"reference: re-computed windows of {W}")
+    top.plot(x, ref_curve, color="gray", linestyle=":", label=f"reference: re-computed windows of {C}")
     for label, curve in curves.items():
         top.plot(x, curve, marker="o", markersize=3, label=label)
         bottom.plot(x, curve - ref_curve, marker="o", markersize=3, label=label)
     bottom.axhline(0, color="gray", linestyle=":")
     for ax in (top, bottom):
-        ax.axvline(W, color="black", linewidth=0.8, linestyle="--")
-    top.text(W, top.get_ylim()[1], f" trained context {W}", va="top", fontsize=8)
+        ax.axvline(C, color="black", linewidth=0.8, linestyle="--")
+    top.text(C, top.get_ylim()[1], f" trained context {C}", va="top", fontsize=8)
     top.set_ylabel("held-out nats / char")
     bottom.set_ylabel("minus the reference")
     bottom.set_xlabel(f"position in the stream (tokens); one point per {args.bucket} tokens")
