@@ -295,8 +295,8 @@ def matmul_reference(x: np.ndarray, w: QuantizedTensor) -> np.ndarray:
     return np.sum(block_dots.astype(np.float32) * scales, axis=2, dtype=np.float32)  # (N, R)
 
 
-BLAS_MIN_TOKENS = 16  # from this many rows of x on, dequantize tiles of w and use BLAS (see quantized_linear)
-_TILE_FLOATS = 1 << 16  # 256 KB of float32 per dequantized tile: stays in the L2 cache
+BLAS_MIN_TOKENS = 32  # from this many rows of x on, dequantize tiles of w and use BLAS (ggml-blas: min_batch 32)
+_TILE_FLOATS = 1 << 18  # 1 MB of float32 per dequantized tile: the L2 cache of one core here
 
 
 def quantized_linear(x: np.ndarray, w: QuantizedTensor) -> np.ndarray:

@@ -8,8 +8,10 @@ are exact integers, and they are scaled by the weight's and the activation's blo
 The loops are written in the shape LLVM vectorizes here (../shared/reference/performance.md, measured):
 - one long loop over a row of K weights, with the block scale looked up as ``scale[k >> 5]``. A loop over blocks
   with an inner loop of 32 stays scalar and is about 3x slower.
-- each product written ``int32(int32(a) * int32(b))``: without the outer int32, Numba widens it to int64 lanes.
-  Products of int8 fit int16 (127 * 128), so float32 holds each one exactly before it is scaled.
+- each product of two small integers written ``int16(int16(a) * int16(b))``: it fits (|a b| <= 128 * 128), and
+  without the outer cast Numba widens the multiply to int64 lanes; int16 lanes are ~8% (Q8_0) and ~25% (Q4_0)
+  faster than int32 ones here. Products are not summed in int16: each is converted to float32 (exactly, it is
+  below 2**24), scaled and accumulated in float32.
 - for Q4_0, the activation split once into the halves that the low and the high nibbles multiply, so the loop
   reads both with unit stride instead of gathering.
 
@@ -21,7 +23,7 @@ that the shapes agree and raises ValueError before any loop runs: no read is out
 from __future__ import annotations
 
 import numpy as np
-from numba import float32, int32, njit
+from numba import float32, int16, int32, njit
 
 from ..quant import Q8_0, QK, QuantizedTensor
 
@@ -79,7 +81,7 @@ def q8_0_matmul(x, qs, d, out):
                 scale[b] = d[r, b] * dx[n, b]
             acc = float32(0)
             for k in range(K):
-                acc += float32(int32(int32(w[k]) * int32(xn[k]))) * scale[k >> 5]
+                acc += float32(int16(int16(w[k]) * int16(xn[k]))) * scale[k >> 5]
             out[n, r] = acc
 
 
@@ -118,8 +120,9 @@ def q4_0_matmul(x, qs, d, out):
             acc = float32(0)
             for k in range(half):
                 byte = int32(w[k])
-                p = int32(int32((byte & 15) - 8) * int32(lo[k]) + int32((byte >> 4) - 8) * int32(hi[k]))
-                acc += float32(p) * scale[k >> 4]
+                p_lo = int16(int16((byte & 15) - 8) * int16(lo[k]))  # weight 32 b + j times its activation
+                p_hi = int16(int16((byte >> 4) - 8) * int16(hi[k]))  # weight 32 b + 16 + j times its activation
+                acc += (float32(p_lo) + float32(p_hi)) * scale[k >> 4]
             out[n, r] = acc
 
 
