@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str | None, str]] = {
     "train": ("minigrok.train.trainer", "train a model"),
     "eval": ("minigrok.evaluate", "evaluate a model on held-out text"),
     "quantize": ("minigrok.quantize", "convert a model's weights to Q8_0, Q4_0, F16 or F32"),
+    "bench": ("minigrok.bench", "speed: prefill, decode, first token, memory; vs llama.cpp, naive NumPy, memory bound"),
 }
 
 
