@@ -1,0 +1,108 @@
+"""Where a decode step's time goes: attention, MoE, RMSNorm, the unembedding, and the rest, per token.
+
+    OPENBLAS_NUM_THREADS=2 NUMBA_NUM_THREADS=2 python benchmarks/profile_decode.py MODEL.gguf [--tokens 32]
+
+Times each part of ``minigrok.model.forward`` during greedy single-token decode steps after a 128-token prompt, by
+wrapping the functions model.py calls (attention, moe, rms_norm, linear) with a clock; "rest" is the forward
+pass minus those (embedding lookup, residual adds, RoPE tables, Python). Twice: with ``minigrok.moe.moe`` and
+with the fused decode kernel ``minigrok.kernels.decode.moe_decode``. Also prints the bytes each part reads per
+token and the rate at which it read them (GB/s), which says how close a part is to the memory bandwidth.
+Prints a Markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections import defaultdict
+
+import numpy as np
+
+from minigrok import model
+from minigrok.bench import prompt_ids
+from minigrok.checkpoint import load_gguf
+from minigrok.kernels.decode import moe_decode
+from minigrok.quant import QuantizedTensor
+
+PARTS = ("attention", "moe", "rms_norm", "linear")  # linear: the unembedding (model.py's only direct use)
+
+
+def nbytes(w) -> int:
+    return w.nbytes if isinstance(w, (np.ndarray, QuantizedTensor)) else 0
+
+
+def bytes_read(params: dict, config) -> dict[str, float]:
+    """Bytes of weights each part reads per decoded token (experts: top_k of num_experts)."""
+    out = defaultdict(float)
+    for name, w in params.items():
+        if name == "token_embd.weight":
+            out["linear"] += nbytes(w)
+        elif "attn_" in name and "norm" not in name:
+            out["attention"] += nbytes(w)
+        elif "_exps." in name:
+            out["moe"] += nbytes(w) * config.top_k / config.num_experts
+        elif "ffn_gate_inp" in name:
+            out["moe"] += nbytes(w)
+        elif name.endswith("norm.weight"):
+            out["rms_norm"] += nbytes(w)
+    return out
+
+
+def profile(params, config, fused: bool, n_tokens: int) -> dict[str, float]:
+    """Seconds per decoded token spent in each part, and in the whole forward."""
+    spent = defaultdict(float)
+    originals = {name: getattr(model, name) for name in PARTS}
+
+    def clocked(name, fn):
+        def wrapper(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                spent[name] += time.perf_counter() - start
+
+        return wrapper
+
+    moe = originals["moe"]
+    chosen_moe = (lambda x, *w: (moe_decode if x.shape[0] == 1 else moe)(x, *w)) if fused else moe
+    try:
+        for name in PARTS:
+            setattr(model, name, clocked(name, chosen_moe if name == "moe" else originals[name]))
+        cache = model.init_cache(config, 1, 128 + n_tokens + 2)
+        token = int(np.argmax(model.forward(params, config, prompt_ids(config.vocab_size, 128)[None], cache)[0, -1]))
+        for _ in range(2):  # warm-up: the first decode step loads the decode kernels
+            token = int(np.argmax(model.forward(params, config, np.array([[token]]), cache)[0, -1]))
+        spent.clear()
+        start = time.perf_counter()
+        for _ in range(n_tokens):
+            token = int(np.argmax(model.forward(params, config, np.array([[token]]), cache)[0, -1]))
+        spent["forward"] = time.perf_counter() - start
+    finally:
+        for name, fn in originals.items():
+            setattr(model, name, fn)
+    spent["rest"] = spent["forward"] - sum(spent[name] for name in PARTS)
+    return {name: seconds / n_tokens for name, seconds in spent.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("model", help="GGUF model file")
+    parser.add_argument("--tokens", type=int, default=32, help="decode steps to time (default: 32)")
+    args = parser.parse_args()
+    params, config, _ = load_gguf(args.model)
+    read = bytes_read(params, config)
+    runs = {"moe.moe": profile(params, config, False, args.tokens), "fused": profile(params, config, True, args.tokens)}
+    print(f"{args.model}: ms per decoded token (GB/s of weights read)")
+    print("| part | MB read per token | " + " | ".join(runs) + " |")
+    print("|---|--:|" + "--:|" * len(runs))
+    for part in (*PARTS, "rest", "forward"):
+        mb = read[part] / 1e6 if part in read else sum(read.values()) / 1e6 if part == "forward" else 0.0
+        cells = []
+        for r in runs.values():
+            gb_s = f" ({mb / 1e3 / r[part]:.1f} GB/s)" if mb else ""
+            cells.append(f"{r[part] * 1e3:.2f}{gb_s}")
+        print(f"| {part} | {mb:.1f} | " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    main()
