@@ -32,8 +32,7 @@ Where llama.cpp and minigrok differ on purpose, and how big that is (max |logit 
    to 9.5e-3 on the cases here. minigrok's prefill (16 tokens or more per call) instead multiplies float32
    activations with dequantized weights through BLAS, without the 8-bit activation rounding: 2.4e-2 (Q8_0) and
    3.1e-2 (Q4_0) relative from llama.cpp on the trained model, the size of that rounding. The quantized
-   comparisons therefore use the decode
-   path (:func:`decode_logits`).
+   comparisons therefore use the decode path (:func:`decode_logits`).
 
 Top-k routing is discontinuous: at a near tie between the k-th and (k+1)-th router probability, a difference of
 1e-6 picks another expert and the logits of that token change by O(1). Such a tie is not a disagreement. For the
