@@ -31,6 +31,7 @@ import json
 import os
 import platform
 import resource
+import shlex
 import statistics
 import subprocess
 import sys
@@ -93,7 +94,11 @@ def run(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="minigrok-bench-") as tmp:
         workdir = Path(args.workdir or tmp)
         workdir.mkdir(parents=True, exist_ok=True)
-        report = {"machine": machine(args.threads), "command": "python -m minigrok " + " ".join(sys.argv[2:])}
+        flags = sys.argv[sys.argv.index("bench") + 1 :] if "bench" in sys.argv else []
+        report = {
+            "machine": machine(args.threads),
+            "command": shlex.join(["python", "-m", "minigrok", "bench", *flags]),
+        }
         _log(f"measuring memory bandwidth with {args.threads} threads")
         report["bandwidth"] = _worker({"task": "bandwidth"}, args.threads)
         files = {}
