@@ -115,3 +115,16 @@ def test_resume_follows_the_same_curve(corpus, tmp_path):
     pb, _, _ = load_gguf(part / "ckpt.gguf")
     for k in pa:
         np.testing.assert_allclose(pa[k], pb[k], rtol=1e-5, atol=1e-6)
+
+
+def test_init_from_starts_at_the_trained_loss(corpus, tmp_path):
+    train(tiny_run(corpus, tmp_path / "a", max_steps=40), progress=False)
+    trained = tmp_path / "a" / "ckpt.gguf"
+    train(tiny_run(corpus, tmp_path / "b", max_steps=2, init_from=str(trained)), progress=False)
+    first_fresh = log_losses(tmp_path / "a")[0][1]
+    first_tuned = log_losses(tmp_path / "b")[0][1]
+    assert first_tuned < first_fresh - 2.0  # starts from what run "a" learned, not from scratch
+    with pytest.raises(ValueError, match="tensor"):
+        bad = tiny_run(corpus, tmp_path / "c", max_steps=1, init_from=str(trained))
+        bad.model_overrides = {"context_length": 32, "d_ff": 32}
+        train(bad, progress=False)

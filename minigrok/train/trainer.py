@@ -59,6 +59,7 @@ class TrainConfig:
     eval_interval: int = 100  # steps between validation losses
     eval_windows: int = 32  # validation windows (of context_length tokens) per evaluation
     checkpoint_minutes: float = 5.0
+    init_from: str | None = None  # start from this GGUF's weights (fine-tuning) instead of a random init
     stop_after: int | None = None  # pause (with a checkpoint) after this many steps; --resume continues
 
     @classmethod
@@ -145,6 +146,17 @@ def _save_checkpoint(out: Path, params, config, tokenizer, opt: AdamW, tokens_se
     save_gguf(out / "ckpt.gguf", params, config, tokenizer, dtype="f32", metadata=meta)
 
 
+def _init_from(path: str, config: ModelConfig) -> dict:
+    """Weights of a trained model to fine-tune from; the tensors must have this run's shapes (the attention
+    pattern, context length and multipliers may differ). Raises ValueError naming the first mismatch."""
+    params, source, _ = load_gguf(path)
+    want, have = config.param_shapes(), source.param_shapes()
+    if want != have:
+        name = next(k for k in want if have.get(k) != want[k])
+        raise ValueError(f"init_from {path}: tensor {name} is {have.get(name)}, this run needs {want[name]}")
+    return params
+
+
 def _keep_on_resume(entry: dict, step: int) -> bool:
     """Log lines an unbroken run would also have at ``step``: not a "paused" marker, not past the checkpoint."""
     return entry.get("event") != "paused" and entry.get("step", 0) <= step
@@ -181,7 +193,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict
     else:
         if resume:
             print(f"no checkpoint in {out}; starting from scratch", file=sys.stderr)
-        params = init_params(config, cfg.seed)
+        params = init_params(config, cfg.seed) if cfg.init_from is None else _init_from(cfg.init_from, config)
         opt = AdamW(params, cfg.beta1, cfg.beta2, weight_decay=cfg.weight_decay)
         log_path.write_text("")
 
