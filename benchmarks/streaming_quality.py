@@ -14,6 +14,8 @@ Sinks", figure 3 and section 4.1, at our scale):
 - with --window-model, a model trained with window attention, under its own pattern;
 - reference: the usual evaluation (python -m minigrok eval): windows of the trained context, re-computed.
 
+Also measured: how much attention late queries put on the first S keys, per layer. Window attention breaks down
+in StreamingLLM because trained models park attention there (the "sinks"); a model without sinks should not care.
 Writes a plot (nats/char per --bucket tokens against position) and the figures as JSON.
 """
 
@@ -25,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from minigrok import attention as attn
 from minigrok.checkpoint import load_gguf
 from minigrok.evaluate import token_nats, window_starts
 from minigrok.model import forward, init_cache
@@ -60,6 +63,30 @@ def recomputed_nats(params, config, tokens: np.ndarray) -> np.ndarray:
         fresh = np.isnan(nats[s : s + W])
         nats[s : s + W][fresh] = row[fresh]
     return nats
+
+
+def attention_on_first_keys(params, config, tokens: np.ndarray, n_first: int) -> list[float]:
+    """Per layer: the mean attention probability that queries in the last quarter of a context_length window put on
+    its first ``n_first`` keys (all heads, 4 windows of the stream): the attention sinks StreamingLLM keeps. A sink
+    shows as a share far above n_first / (number of keys seen)."""
+    C = config.context_length
+    x = tokens[: 4 * C].reshape(4, C)  # (4, C)
+    probs = []
+    real_attend = attn.attend
+
+    def recording_attend(*args, **kwargs):  # record what model.forward's own attention computes
+        out, p = real_attend(*args, **kwargs)
+        probs.append(p)
+        return out, p
+
+    attn.attend = recording_attend
+    try:
+        forward(params, config, x)
+    finally:
+        attn.attend = real_attend
+    per_layer = len(probs) // config.n_layers  # query blocks per layer; the last one holds the latest queries
+    last = [probs[(i + 1) * per_layer - 1] for i in range(config.n_layers)]  # (4, n_kv, group, q, S) each
+    return [float(p[..., -max(1, C // 4) :, :n_first].sum(-1).mean()) for p in last]
 
 
 def per_bucket(nats: np.ndarray, chars: np.ndarray, bucket: int) -> np.ndarray:
@@ -110,6 +137,13 @@ def main(argv=None) -> int:
     ref = float(reference.sum() / chars.sum())
     results["reference"] = {"nats_per_char": ref, "buckets": ref_curve.round(4).tolist()}
     print(f"{'reference: re-computed windows of ' + str(C):<44} {ref:.4f} nats/char overall")
+    sink_share = attention_on_first_keys(params, config, tokens, args.sinks)
+    results["attention_on_first_keys"] = {"n_first": args.sinks, "per_layer": [round(a, 4) for a in sink_share]}
+    print(
+        f"attention of late queries on the first {args.sinks} keys, per layer: "
+        + " ".join(f"{a:.3f}" for a in sink_share)
+        + f" (no preference: about {args.sinks / (0.875 * C):.3f})"
+    )
     curves = {}
     for label, (run_params, run_config) in runs.items():
         nats = stream_nats(run_params, run_config, tokens, args.chunk)
