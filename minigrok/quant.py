@@ -29,9 +29,8 @@ QK = 32  # weights per block, for both formats (ggml-common.h: QK8_0 = QK4_0 = 3
 Q8_0, Q4_0 = "q8_0", "q4_0"
 BLOCK_BYTES = {Q8_0: 2 + QK, Q4_0: 2 + QK // 2}  # fp16 d + the quants
 _FP16_MAX = float(np.finfo(np.float16).max)  # 65504: a block scale beyond this becomes inf in fp16
-_FLT_MIN = np.float32(
-    np.finfo(np.float32).tiny
-)  # below this an activation block is treated as zeros (1/d may overflow)
+# An activation block whose scale is below the smallest normal float32 is treated as zeros (1/d may overflow).
+_FLT_MIN = np.float32(np.finfo(np.float32).tiny)
 
 
 def _blocks(x: np.ndarray, qtype: str, name: str) -> np.ndarray:
@@ -66,7 +65,8 @@ def _fp16_bytes(d: np.ndarray) -> np.ndarray:
 def _inverse(d: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(1/d with 0 where d == 0, mask of blocks where 1/d overflows to inf).
 
-    1/d overflows when |d| < 2**-128 (a block whose largest value is below ~4e-37). The C reference then casts
+    1/d overflows when |d| < 2**-128 (the largest |value| of the block below ~4e-37 for Q8_0, ~2e-38 for Q4_0).
+    The C reference then casts
     inf/NaN to an integer (undefined behaviour); gguf-py's NumPy cast gives 0 on x86, so the caller writes 0
     there. Such a scale rounds to 0 in fp16, so the block reads back as zeros either way.
     """
@@ -306,7 +306,7 @@ def quantized_linear(x: np.ndarray, w: QuantizedTensor) -> np.ndarray:
     quantized bytes; decoding is memory-bound, so fewer bytes is faster. Many tokens (prefill, eval): compute-bound,
     where float BLAS beats any integer loop Numba can emit, so rows of w are dequantized one small tile at a
     time and multiplied with BLAS (as llama.cpp's BLAS backend does for batches, ggml-blas.cpp). The two paths
-    differ only by the 8-bit rounding of x in the first (relative error ~0.5%, see quantize_activations).
+    differ only by the 8-bit rounding of x in the first (each value within 1/254 of its block's largest |x|).
     Raises ValueError if w is not 2-D or the last axis of x is not w's input width.
     """
     from .kernels.quant_kernels import dequantize_rows, matmul
