@@ -17,7 +17,8 @@
    8 layers, 16 query / 4 KV heads, 8 experts top-2, d_ff 2048: 428 M parameters, 126 M active per token; its
    F32 weights read per token are ~500 MB, far beyond the caches) for the decode and prefill speed of each type.
    Random weights: no quality figures for it.
-Prints Markdown and writes it to --out with the command and the machine.
+Prints Markdown and writes it to --out with the command and the machine; what follows the KEEP marker in an
+existing --out file (the llama.cpp check, done by hand) is kept.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
+KEEP = "<!-- written by hand: quant_bench.py keeps what follows this line when it rewrites the file -->"
 NOTES = """
 - peak RSS: the worker process's peak resident memory (VmHWM), while generating (reset after loading) and while
   loading. Both include the ~{runtime:.0f} MB the process holds before loading a model (Python, NumPy, Numba and
@@ -317,6 +319,9 @@ def main(argv=None) -> int:
         )
     text = "\n".join(out) + "\n"
     print(text)
+    old = Path(args.out).read_text() if Path(args.out).exists() else ""
+    if KEEP in old:  # notes written by hand below the marker survive a re-run
+        text += "\n" + old[old.index(KEEP) :]
     Path(args.out).write_text(text)
     return 0
 
