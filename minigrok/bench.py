@@ -15,7 +15,7 @@ Measured per engine: prefill tokens/s (a --prompt-tokens prompt in one forward; 
 (--decode-tokens greedy steps after the prompt and 2 untimed ones), time to first token (prompt in -> first token
 chosen, the first prompt the process sees, so it includes compiling or loading cached kernels), start to first
 token (process launch -> first token: imports, model load, compile) and the peak resident memory of the process
-(ru_maxrss).
+(VmHWM).
 
 The bound: decode tokens/s <= bandwidth / bytes one decode step reads, where the bytes are the file's tensors with
 only top_k of num_experts experts counted (the token embedding counts whole: it is also the unembedding), and the
@@ -332,9 +332,18 @@ def _engine(spec: dict) -> dict:
         "decode_tok_s": n_decode / decode_s,
         "ttft_s": ttft,
         "start_to_first_token_s": first_token_at - spec["launched"],
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mb": peak_rss_mb(),
         "decoded": [int(t) for t in np.asarray(tokens)[:8]],  # the first greedy tokens, to compare engines
     }
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory (MB): VmHWM from /proc/self/status, which exec resets. (ru_maxrss also
+    counts the parent's memory at fork, which exec carries over: Linux exec_mmap.) ru_maxrss where there is no /proc."""
+    for line in _read("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024  # kB
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _minigrok_engine(spec: dict, max_len: int):
