@@ -23,13 +23,16 @@ Where llama.cpp and minigrok differ on purpose, and how big that is (max |logit 
    random models. The comparisons use F32 caches, except :func:`test_shipped_model_default_settings`.
 4. F16 weights. ggml's F16 matrix product also rounds the activations to fp16 (the ``vec_dot_type`` of F16 is F16,
    ggml/src/ggml-cpu/ggml-cpu.c type_traits_cpu); minigrok upcasts the weights and keeps float32 activations:
-   3.3e-4 relative on the random models, and the fp16 GELU table no longer matters next to it.
+   3.3e-4 relative on the random models, 1.8e-4 on the shipped (F16) model, and the fp16 GELU table no longer
+   matters next to it. (Rounding minigrok's activations to fp16 as well removes only a few % of it on the shipped
+   model: what else differs in ggml's F16 path is not pinned down here.)
 5. Q8_0 and Q4_0 weights. llama.cpp multiplies them with activations quantized to Q8_0 (``vec_dot_type``), and
    so does minigrok on its decode path (fewer than 16 tokens per call, minigrok/quant.py ``quantized_linear``);
    the two then differ by llama.cpp's fp16 activation scales, its F16 unembedding and the GELU table: 2.7e-4 (Q8_0)
-   and 5.1e-4 (Q4_0) relative on the trained grok-mini checkpoint. On random models with large weights, every small
-   difference upstream flips some activations across an 8-bit rounding boundary, and those flips add up: 4.5e-3
-   to 9.5e-3 on the cases here. minigrok's prefill (16 tokens or more per call) instead multiplies float32
+   and 5.1e-4 (Q4_0) relative on the interim checkpoint, 5.1e-3 (Q8_0) and 6e-3 (Q4_0, before its first router
+   near tie) on the shipped model, whose larger activations amplify them. On random models with large weights,
+   every small difference upstream flips some activations across an 8-bit rounding boundary, and those flips add
+   up: 4.5e-3 to 9.5e-3 on the cases here. minigrok's prefill (16 tokens or more per call) instead multiplies float32
    activations with dequantized weights through BLAS, without the 8-bit activation rounding: 2.4e-2 (Q8_0) and
    3.1e-2 (Q4_0) relative from llama.cpp on the trained model, the size of that rounding. The quantized
    comparisons therefore use the decode path (:func:`decode_logits`).
@@ -40,7 +43,8 @@ random models, the seeds are ones without near ties (the tests check that first,
 too); for the trained model, whose routers often sit near ties, a difference is accepted only at or after a near
 tie, and the comparison stops there (causal attention leaves the earlier positions as they were).
 
-The trained-model figures above are from an interim checkpoint of the Shakespeare run (grok-mini, raw gates).
+Trained-model figures are from an interim F32 checkpoint of the Shakespeare run (grok-mini, raw gates) unless they
+say "shipped" (weights/minigrok-shakespeare.gguf, F16).
 """
 
 from __future__ import annotations
@@ -67,12 +71,12 @@ from minigrok.tokenizer import Tokenizer, train_bpe  # noqa: E402
 RTOL = {"f32": 7e-4, "f16": 1e-3}  # minigrok as is
 RTOL_GGML_GELU = 1e-4  # minigrok with ggml's fp16 GELU table, F32 weights
 # Closer router probabilities count as a tie (see the module docstring): about 3x the largest change of a router
-# probability that swapping in ggml's GELU table makes (4e-4 on the random models, 9e-6 on a trained checkpoint).
-# With Q8_0/Q4_0 weights on the decode path the GELU table moves router probabilities more: 2.1e-4 on the trained
-# checkpoint. "quantized" (random models) is the margin of the seeds chosen, not a measured bound.
-ROUTER_TIE = {"random": 1e-3, "trained": 3e-5, "quantized": 5e-3, "trained-quantized": 6e-4}
+# probability that swapping in ggml's GELU table makes (4e-4 on the random models), or for the shipped F16 model
+# ggml's fp16 activations and GELU table (1.5e-4). For Q8_0/Q4_0 weights, whose logits differ ~30x more, these are
+# the margin of the random seeds chosen and 2x the quantized shipped model's relative logit difference.
+ROUTER_TIE = {"random": 1e-3, "trained": 5e-4, "quantized": 5e-3, "trained-quantized": 1e-2}
 # Q8_0/Q4_0 weights (difference 5), comparing the decode path.
-RTOL_QUANT = {"random": 3e-2, "trained": 2e-3}
+RTOL_QUANT = {"random": 3e-2, "trained": 1.5e-2}
 
 PROMPT = "To be, or not to be: that is the question"
 
@@ -417,6 +421,14 @@ def shipped():
     return params, config, tokenizer
 
 
+def weight_type(path) -> str:
+    """ "f32" or "f16": the type of a GGUF file's attention weights."""
+    import gguf
+
+    tensor = next(t for t in gguf.GGUFReader(path).tensors if t.name == "blk.0.attn_q.weight")
+    return tensor.tensor_type.name.lower()
+
+
 def first_tie(margins: np.ndarray, threshold: float) -> int:
     """Number of leading positions whose margin is above threshold (all of them if none is below)."""
     below = np.flatnonzero(margins <= threshold)
@@ -454,18 +466,20 @@ def test_shipped_model_logits_and_greedy_tokens(shipped, monkeypatch):
     theirs = llama_logits(llm, ids)
     ours = minigrok_logits(params, as_llama, ids)
     margins = router_margins(params, as_llama, ids, monkeypatch)
-    n = agreeing_positions(ours, theirs, margins, ROUTER_TIE["trained"], RTOL["f32"])
+    rtol = RTOL[weight_type(DEFAULT_MODEL)]
+    n = agreeing_positions(ours, theirs, margins, ROUTER_TIE["trained"], rtol)
     assert n >= 16, f"only {n} of {len(ids)} positions compared: choose another SHIPPED_PROMPT"
     ours, theirs = ours[:n], theirs[:n]
-    assert relative_diff(minigrok_logits(params, as_llama, ids, monkeypatch, gelu=ggml_gelu)[:n], theirs) < 1e-5
+    if weight_type(DEFAULT_MODEL) == "f32":  # (with F16 weights, the fp16 activations dominate: difference 4)
+        assert relative_diff(minigrok_logits(params, as_llama, ids, monkeypatch, gelu=ggml_gelu)[:n], theirs) < 1e-5
     # The file's own gate rule (raw gates for the Shakespeare model) differs only by renormalizing's effect.
     raw = minigrok_logits(params, config, ids)[:n]
-    assert np.abs(raw - theirs).max() <= np.abs(raw - ours).max() + RTOL["f32"] * np.abs(theirs).max()
+    assert np.abs(raw - theirs).max() <= np.abs(raw - ours).max() + rtol * np.abs(theirs).max()
 
     result = generate(params, as_llama, tokenizer, GREEDY_PROMPT, 30, temperature=0.0)
     theirs = llama_greedy(llm, result.prompt_ids, 30, tokenizer.eot_id)
     trusted = trusted_greedy_tokens(
-        params, as_llama, result.prompt_ids, result.token_ids, ROUTER_TIE["trained"], RTOL["f32"], monkeypatch
+        params, as_llama, result.prompt_ids, result.token_ids, ROUTER_TIE["trained"], rtol, monkeypatch
     )
     assert agreeing_tokens(result.token_ids, theirs, trusted) >= 10, "choose another GREEDY_PROMPT"
 
