@@ -2,9 +2,10 @@
 
 Models: ``shipped`` (weights/minigrok-shakespeare.gguf, or --model) and ``large``, a random grok model big enough
 that decoding is limited by memory bandwidth (d_model 1024, 8 layers, 16 query / 4 KV heads, 8 experts top-2,
-d_ff 2048, vocab 4096: 428 M parameters, 126 M active per token, 1.7 GB at F32). Types: F32, and Q8_0 / Q4_0 files
-made with ``python -m minigrok quantize`` when that command exists. Engines, each run in its own process, one after
-the other, all with --threads threads (OpenBLAS and Numba for minigrok, n_threads for llama.cpp):
+d_ff 2048, vocab 4096: 428 M parameters, 126 M active per token, 1.7 GB at F32). Types: F32, Q8_0 and Q4_0: the
+model file itself if it has that type, else a conversion made with ``python -m minigrok quantize``. Engines, each
+run in its own process, one after the other, all with --threads threads (OpenBLAS and Numba for minigrok,
+n_threads for llama.cpp):
 
     minigrok        generate's loop: the prompt in one forward through a KV cache, then one token per forward, greedy
     minigrok-fused  the same, with each decode step's MoE layer in one Numba call (minigrok/kernels/decode.py)
@@ -103,15 +104,16 @@ def run(args: argparse.Namespace) -> int:
         report["bandwidth"] = _worker({"task": "bandwidth"}, args.threads)
         files = {}
         for model in models:
-            f32 = shipped if model == "shipped" else workdir / "large-f32.gguf"
-            if model == "large" and not f32.is_file():
-                _log(f"writing the large random model to {f32}")
-                _worker({"task": "make-large", "path": str(f32)}, args.threads)
-            for qtype in types:
-                path = f32 if qtype == "f32" else workdir / f"{model}-{qtype}.gguf"
-                if qtype != "f32" and not path.is_file():
-                    _log(f"quantizing {f32.name} to {qtype}")
-                    _quantize(f32, path, qtype, args.threads)
+            source = shipped if model == "shipped" else workdir / "large-f32.gguf"
+            if model == "large" and not source.is_file():
+                _log(f"writing the large random model to {source}")
+                _worker({"task": "make-large", "path": str(source)}, args.threads)
+            source_type = _worker({"task": "bytes", "path": str(source)}, args.threads)["weight_type"]
+            for qtype in types:  # the file itself if it has that type, else a conversion by the quantize command
+                path = source if qtype == source_type else workdir / f"{model}-{qtype}.gguf"
+                if not path.is_file():
+                    _log(f"converting {source.name} to {qtype}")
+                    _quantize(source, path, qtype, args.threads)
                 files[(model, qtype)] = path
 
         rows = []
@@ -293,17 +295,20 @@ def _make_large(path: str) -> dict:
 
 
 def _bytes(path: str) -> dict:
-    """File size, and the bytes one decode step reads: every tensor, but only top_k / num_experts of the experts."""
+    """File size, the bytes one decode step reads (every tensor, but only top_k / num_experts of the experts) and
+    the type of the attention weights ("f32", "f16", "q8_0", "q4_0")."""
     import gguf
 
     from .checkpoint import read_config
 
     config = read_config(path)
-    active = 0.0
+    active, weight_type = 0.0, "f32"
     for t in gguf.GGUFReader(path).tensors:
         share = config.top_k / config.num_experts if "_exps." in t.name else 1.0
         active += int(t.n_bytes) * share
-    return {"file_bytes": os.path.getsize(path), "active_bytes_per_token": active}
+        if t.name == "blk.0.attn_q.weight":
+            weight_type = t.tensor_type.name.lower()
+    return {"file_bytes": os.path.getsize(path), "active_bytes_per_token": active, "weight_type": weight_type}
 
 
 def _engine(spec: dict) -> dict:
