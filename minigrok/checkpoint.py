@@ -204,6 +204,8 @@ def _add_hparams(writer: gguf.GGUFWriter, c: ModelConfig, dtype: str, quant_type
     writer.add_expert_weights_norm(c.renormalize_gates)
     for field in _FLOAT_FIELDS:
         writer.add_float64(_EXACT + field, float(getattr(c, field)))
+    # The attention pattern (minigrok.attention) has no llama.cpp key: its grok graph is always dense.
+    writer.add_string(_EXACT + "attention", c.attention)
 
 
 def _check_metadata(metadata: dict) -> list[tuple[str, object, gguf.GGUFValueType]]:
@@ -460,6 +462,7 @@ def _read_config(reader: gguf.GGUFReader, path) -> ModelConfig:
         output_multiplier=grok("logit_scale", "float"),
         renormalize_gates=grok("expert_weights_norm", "bool"),
         context_length=grok("context_length", "int"),
+        attention=_value(reader, path, _EXACT + "attention", "str", "dense"),  # minigrok's own key; else dense
     )
     for field in _FLOAT_FIELDS:  # the exact value minigrok wrote, unless the grok.* key was changed since
         exact = _value(reader, path, _EXACT + field, "float", None)

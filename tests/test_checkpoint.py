@@ -399,3 +399,13 @@ def test_write_interrupted_midway_keeps_the_old_file(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="No space"):
         save_gguf(path, random_params(TINY, 1), TINY, make_tokenizer(TINY.vocab_size))
     assert path.read_bytes() == before and os.listdir(tmp_path) == ["m.gguf"]
+
+
+def test_attention_pattern_round_trips(tmp_path):
+    from minigrok.model import init_params
+    from minigrok.tokenizer import train_bpe
+
+    config = get_preset("grok-tiny").replace(vocab_size=270, attention="sinks:4,16")
+    tokenizer = train_bpe("the cat sat on the mat. " * 50 + "a dog and a log. " * 50, 270)
+    save_gguf(tmp_path / "m.gguf", init_params(config, 0), config, tokenizer)
+    assert read_config(tmp_path / "m.gguf").attention == "sinks:4,16"
