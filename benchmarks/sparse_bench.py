@@ -8,7 +8,8 @@ is filled as it would be after C tokens (random keys and values: the work of a d
 many slots it reads, not on their values), then single-token decode steps are timed, with the Numba kernel and
 with its NumPy twin. Dense attention reads all C cached positions per step; window:W reads W and sinks:S,W reads
 S + W, whatever C is. Also timed: one prefill of a --prefill-token prompt, where the sparse patterns compute only
-the key blocks they keep. Prints a Markdown table; --json writes the figures.
+the key blocks they keep. Every cell is measured in --repeats rounds and the best round counts (the machines are
+shared; compare ratios from one run). Prints a Markdown table; --json writes the figures.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ def filled_cache(config, context: int, extra: int, use_kernel: bool, rng: np.ran
 
 
 def decode_rate(params, config, context: int, steps: int, use_kernel: bool) -> tuple[float, int]:
-    """(tokens/s of the median decode step, KV-cache bytes) over ``steps`` steps after ``context`` tokens."""
+    """(tokens/s of the median decode step, KV-cache bytes at ``context`` tokens) over ``steps`` steps."""
     rng = np.random.default_rng(0)
     cache = filled_cache(config, context, steps + 1, use_kernel, rng)
     token = np.array([[1]])
@@ -50,7 +51,9 @@ def decode_rate(params, config, context: int, steps: int, use_kernel: bool) -> t
         start = time.perf_counter()
         forward(params, config, token, cache)
         seconds.append(time.perf_counter() - start)
-    return 1.0 / float(np.median(seconds)), cache.nbytes()  # the median step: robust to a busy shared machine
+    per_slot = cache.nbytes() // cache.max_len  # K and V of one position, all layers
+    kv_bytes = per_slot * (cache.max_len if cache.rolling else context)  # a dense cache holding exactly `context`
+    return 1.0 / float(np.median(seconds)), kv_bytes  # the median step: robust to a busy shared machine
 
 
 def prefill_rate(params, config, n: int) -> float:
@@ -68,6 +71,7 @@ def main(argv=None) -> int:
     p.add_argument("--window", type=int, default=256, help="W of window:W and sinks:S,W-S (default: 256)")
     p.add_argument("--sinks", type=int, default=4, help="S of sinks:S,W (default: 4)")
     p.add_argument("--steps", type=int, default=20, help="timed decode steps per cell (default: 20)")
+    p.add_argument("--repeats", type=int, default=3, help="rounds over all cells; the best round counts (default: 3)")
     p.add_argument("--prefill", type=int, default=2048, help="prompt length of the prefill timing; 0 = skip")
     p.add_argument("--json", help="write the figures to this file")
     args = p.parse_args(argv)
@@ -76,25 +80,36 @@ def main(argv=None) -> int:
     params = init_params(base, seed=0)
     patterns = ["dense", f"window:{args.window}", f"sinks:{args.sinks},{args.window - args.sinks}"]
 
-    rows = []
+    best: dict[tuple, dict] = {}  # (attention, context) -> row; whole rounds repeated, so a busy spell hits one
+    for _ in range(args.repeats):
+        for attention in patterns:
+            config = base.replace(attention=attention)
+            for context in contexts:
+                numba_rate, nbytes = decode_rate(params, config, context, args.steps, use_kernel=True)
+                numpy_rate, _ = decode_rate(params, config, context, args.steps, use_kernel=False)
+                row = best.setdefault((attention, context), dict(attention=attention, context=context, kv_bytes=nbytes))
+                row["numba"] = max(row.get("numba", 0.0), numba_rate)
+                row["numpy"] = max(row.get("numpy", 0.0), numpy_rate)
+    rows = list(best.values())
     print("| attention | context | KV cache | decode tok/s (Numba) | decode tok/s (NumPy) |")
     print("|---|---:|---:|---:|---:|")
-    for attention in patterns:
-        config = base.replace(attention=attention)
-        for context in contexts:
-            numba_rate, nbytes = decode_rate(params, config, context, args.steps, use_kernel=True)
-            numpy_rate, _ = decode_rate(params, config, context, args.steps, use_kernel=False)
-            rows.append(dict(attention=attention, context=context, kv_bytes=nbytes, numba=numba_rate, numpy=numpy_rate))
-            print(f"| {attention} | {context:,} | {nbytes / 1e6:.2f} MB | {numba_rate:.1f} | {numpy_rate:.1f} |")
+    for r in rows:
+        kv_mb = r["kv_bytes"] / 1e6
+        print(f"| {r['attention']} | {r['context']:,} | {kv_mb:.2f} MB | {r['numba']:.1f} | {r['numpy']:.1f} |")
     prefill = {}
     if args.prefill:
         print(f"\n| attention | prefill of {args.prefill:,} tokens, tok/s |\n|---|---:|")
         for attention in patterns:
-            prefill[attention] = prefill_rate(params, base.replace(attention=attention), args.prefill)
+            config = base.replace(attention=attention)
+            prefill[attention] = max(prefill_rate(params, config, args.prefill) for _ in range(args.repeats))
             print(f"| {attention} | {prefill[attention]:.0f} |")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"model": "grok-mini shape, random", "decode": rows, "prefill": prefill}, f, indent=1)
+            json.dump(
+                {"model": "grok-mini shape, random", "command": vars(args), "decode": rows, "prefill": prefill},
+                f,
+                indent=1,
+            )
     return 0
 
 
