@@ -207,8 +207,10 @@ def test_every_pattern_is_causal_in_the_whole_model(text, t, seed):
     changed = tokens.copy()
     changed[0, t] = (changed[0, t] + 1) % CFG.vocab_size
     a, b = forward(PARAMS, config, tokens), forward(PARAMS, config, changed)
-    np.testing.assert_array_equal(a[:, :t], b[:, :t])
-    assert not np.array_equal(a[:, t], b[:, t])
+    # not bit-exact: a changed token can change which tokens an expert's matmul batches together, and BLAS may
+    # then round other rows differently (~1e-8); a leak of the future would show at the 1e-2 scale here
+    np.testing.assert_allclose(a[:, :t], b[:, :t], rtol=0, atol=1e-6)
+    assert not np.allclose(a[:, t], b[:, t], rtol=0, atol=1e-3)
 
 
 # ---- the rolling KV cache --------------------------------------------------------------------------------------------
