@@ -60,7 +60,7 @@ def attention_pattern(text: str) -> str:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
-ATTENTION_COMMANDS = ("generate", "eval")  # commands that take --attention
+ATTENTION_COMMANDS = ("generate", "eval", "train")  # commands that take --attention
 ATTENTION_HELP = (
     f"attention pattern: {ATTENTION_SYNTAX} (default: the model's own, usually dense). "
     "window:W and sinks:S,W run past the context length with a rolling KV cache"

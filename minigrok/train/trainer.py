@@ -294,6 +294,8 @@ def run(args) -> int:
     if args.out_dir is not None:
         cfg.out_dir = args.out_dir
     cfg.stop_after = args.stop_after
+    if getattr(args, "attention", None) is not None:  # --attention PATTERN overrides the config file's [model]
+        cfg.model_overrides["attention"] = args.attention
     summary = train(cfg, resume=args.resume)
     print(
         f"done: {summary['step']} steps, {summary['tokens']:,} tokens in {summary['seconds']:.0f} s "
