@@ -77,7 +77,8 @@ def _model_path(model: str | None) -> Path:
     get one."""
     if model is not None:
         if not Path(model).is_file():
-            raise FileNotFoundError(f"model file {model} not found")
+            what = "is a directory, not a GGUF file" if Path(model).is_dir() else "not found"
+            raise FileNotFoundError(f"model file {model} {what}")
         return Path(model)
     if not DEFAULT_MODEL.is_file():
         raise FileNotFoundError(
@@ -85,6 +86,20 @@ def _model_path(model: str | None) -> Path:
             "missing, train one with `python -m minigrok train --config configs/shakespeare.toml`, or pass -m MODEL"
         )
     return DEFAULT_MODEL
+
+
+def _read_prompt_file(path: str) -> str:
+    """The prompt in a UTF-8 text file, or a one-line error naming the file and the fix."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"prompt file {path} not found" + (" (it is a directory)" if p.is_dir() else ""))
+    try:
+        return p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(
+            f"prompt file {path} is not UTF-8 ({e.reason} at byte {e.start}); convert it, e.g. with "
+            f"`iconv -f latin1 -t utf-8`"
+        ) from None
 
 
 # ---- generate ----------------------------------------------------------------------------------------------------
@@ -103,7 +118,7 @@ def add_generate_arguments(p: argparse.ArgumentParser) -> None:
 
 def run_generate(args: argparse.Namespace) -> int:
     path = _model_path(args.model)
-    prompt = args.prompt if args.prompt_file is None else Path(args.prompt_file).read_text(encoding="utf-8")
+    prompt = args.prompt if args.prompt_file is None else _read_prompt_file(args.prompt_file)
     from .checkpoint import load_gguf
     from .generate import generate
 
@@ -115,8 +130,15 @@ def run_generate(args: argparse.Namespace) -> int:
         sys.stdout.write(text)
         sys.stdout.flush()
 
-    if args.stream:
-        write(prompt)
+    echoed = False
+
+    def stream(text: str) -> None:  # the prompt is echoed with the first text, so a refused request prints nothing
+        nonlocal echoed
+        if not echoed:
+            write(prompt)
+            echoed = True
+        write(text)
+
     result = generate(
         params,
         config,
@@ -127,9 +149,9 @@ def run_generate(args: argparse.Namespace) -> int:
         top_k=args.top_k,
         top_p=args.top_p,
         seed=args.seed,
-        on_text=write if args.stream else None,
+        on_text=stream if args.stream else None,
     )
-    if not args.stream:
+    if not echoed:
         write(prompt + result.text)
     write("\n")
     rate = lambda x: "-" if math.isnan(x) else f"{x:.1f}"  # noqa: E731
@@ -137,7 +159,7 @@ def run_generate(args: argparse.Namespace) -> int:
         f"generated {result.n_generated} tokens ({'end of text' if result.finish_reason == 'eot' else 'max -n'}) | "
         f"prefill: {result.n_prompt_tokens} tokens, {rate(result.prefill_tokens_per_second)} tok/s | "
         f"decode: {result.n_decode_steps} tokens, {rate(result.decode_tokens_per_second)} tok/s | "
-        f"time to first token {result.time_to_first_token:.3f} s",
+        f"time to first token {result.time_to_first_token:.3f} s | kernel warm-up {result.warmup_seconds:.2f} s",
         file=sys.stderr,
     )
     return 0

@@ -33,6 +33,9 @@ class GenerationResult:
         prefill_seconds: wall time of the forward pass over the prompt (seconds).
         decode_seconds: wall time of the decode steps, each one single-token forward plus one sample (seconds).
         time_to_first_token: from the start of prefill until the first token was sampled (seconds).
+        warmup_seconds: a throwaway single-token step run before the clock starts, which loads the compiled
+            kernels (Numba's on-disk cache; a compile on the very first run). Not part of the other timings,
+            as llama2.c starts its clock after the first token.
     """
 
     text: str
@@ -42,6 +45,7 @@ class GenerationResult:
     prefill_seconds: float
     decode_seconds: float
     time_to_first_token: float
+    warmup_seconds: float = 0.0
 
     @property
     def n_prompt_tokens(self) -> int:
@@ -139,6 +143,10 @@ def generate(
                 if on_text is not None:
                     on_text(text)
 
+    warmup_start = time.perf_counter()
+    forward(params, config, np.array([[tokenizer.eot_id]]), init_cache(config, 1, 1))  # loads the kernels
+    warmup_seconds = time.perf_counter() - warmup_start
+
     start = time.perf_counter()
     logits = forward(params, config, np.array([prompt_ids]), cache)  # (1, n_prompt, vocab)
     prefill_seconds = time.perf_counter() - start
@@ -167,4 +175,5 @@ def generate(
         prefill_seconds=prefill_seconds,
         decode_seconds=decode_seconds,
         time_to_first_token=time_to_first_token,
+        warmup_seconds=warmup_seconds,
     )

@@ -18,7 +18,7 @@ from minigrok.tokenizer import train_bpe
 TINY = get_preset("grok-tiny")  # vocab 512, context 64
 STATS = re.compile(
     r"^generated (\d+) tokens \((end of text|max -n)\) \| prefill: (\d+) tokens, [\d.]+ tok/s \| "
-    r"decode: (\d+) tokens, ([\d.]+|-) tok/s \| time to first token [\d.]+ s$"
+    r"decode: (\d+) tokens, ([\d.]+|-) tok/s \| time to first token [\d.]+ s \| kernel warm-up [\d.]+ s$"
 )
 
 
@@ -206,3 +206,9 @@ def test_cli_keyboard_interrupt_exits_130(monkeypatch, capsys):
     assert cli.main(["generate"]) == 130
     out, err = capsys.readouterr()
     assert out == "partial" and err == ""
+
+
+def test_refused_generate_prints_no_prompt(model_path):
+    proc = run("generate", "-m", str(model_path), "-p", "ROMEO:", "-n", "100000")
+    assert proc.returncode == 1 and proc.stdout == ""
+    assert "context length" in proc.stderr and "Traceback" not in proc.stderr
