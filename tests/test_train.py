@@ -128,3 +128,30 @@ def test_init_from_starts_at_the_trained_loss(corpus, tmp_path):
         bad = tiny_run(corpus, tmp_path / "c", max_steps=1, init_from=str(trained))
         bad.model_overrides = {"context_length": 32, "d_ff": 32}
         train(bad, progress=False)
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("", "max_steps is missing"),
+        ('[data]\nout_dir = "x"\n[train]\nmax_steps = 0\n', "max_steps must be > 0"),
+        ('[data]\nout_dir = "x"\n[train]\nmax_steps = 5\nlr = -1.0\n', "lr must be > 0"),
+        ('[model]\nvocab_size = 100\n[data]\nout_dir = "x"\n[train]\nmax_steps = 5\n', "vocab_size comes from"),
+        ("[train\n", "not valid TOML"),
+    ],
+)
+def test_bad_configs_are_refused(tmp_path, text, message):
+    path = tmp_path / "run.toml"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=message):
+        TrainConfig.from_toml(path)
+
+
+def test_unknown_preset_huge_context_and_existing_run_are_refused(corpus, tmp_path):
+    with pytest.raises(ValueError, match="unknown preset"):
+        train(tiny_run(corpus, tmp_path / "a", preset="grok-9"), progress=False)
+    with pytest.raises(ValueError, match="context_length"):
+        train(tiny_run(corpus, tmp_path / "b", model_overrides={"context_length": 100_000}), progress=False)
+    train(tiny_run(corpus, tmp_path / "c", max_steps=1), progress=False)
+    with pytest.raises(ValueError, match="--resume"):
+        train(tiny_run(corpus, tmp_path / "c", max_steps=1), progress=False)

@@ -62,6 +62,19 @@ class TrainConfig:
     init_from: str | None = None  # start from this GGUF's weights (fine-tuning) instead of a random init
     stop_after: int | None = None  # pause (with a checkpoint) after this many steps; --resume continues
 
+    def __post_init__(self):
+        positive = ("batch_size", "max_steps", "eval_interval", "eval_windows", "lr", "checkpoint_minutes")
+        for name in positive:
+            if not getattr(self, name) > 0:
+                raise ValueError(f"train setting {name} must be > 0, got {getattr(self, name)}")
+        for name in ("min_lr", "warmup_steps", "weight_decay", "grad_clip", "aux_loss_coef", "z_loss_coef"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"train setting {name} must be >= 0, got {getattr(self, name)}")
+        if self.stop_after is not None and self.stop_after < 1:
+            raise ValueError(f"stop_after must be >= 1, got {self.stop_after}")
+        if "vocab_size" in self.model_overrides:
+            raise ValueError("[model] vocab_size comes from the data's tokenizer; remove it from the config")
+
     @classmethod
     def from_toml(cls, path: str | os.PathLike) -> TrainConfig:
         """Read a config file. Raises FileNotFoundError, or ValueError naming an unknown or mistyped key."""
@@ -72,6 +85,9 @@ class TrainConfig:
             raw = tomllib.loads(path.read_text())
         except tomllib.TOMLDecodeError as e:
             raise ValueError(f"{path} is not valid TOML: {e}") from None
+        for table, key in (("train", "max_steps"), ("data", "out_dir")):
+            if key not in raw.get(table, {}):
+                raise ValueError(f"{path}: [{table}] {key} is missing; every run config names it (see configs/)")
         model = dict(raw.get("model", {}))
         flat = {"preset": model.pop("preset", cls.preset), "model_overrides": model}
         flat.update(raw.get("data", {}))
@@ -87,7 +103,12 @@ class TrainConfig:
 
     def model_config(self, vocab_size: int) -> ModelConfig:
         """The preset with the overrides applied and the vocabulary of the prepared data."""
-        return get_preset(self.preset).replace(vocab_size=vocab_size, **self.model_overrides)
+        try:
+            return get_preset(self.preset).replace(vocab_size=vocab_size, **self.model_overrides)
+        except KeyError as e:  # unknown preset
+            raise ValueError(e.args[0]) from None
+        except TypeError as e:  # an unknown ModelConfig field in [model]
+            raise ValueError(f"[model] has a setting ModelConfig does not know: {e}") from None
 
 
 def model_flops_per_token(config: ModelConfig) -> float:
@@ -157,6 +178,24 @@ def _init_from(path: str, config: ModelConfig) -> dict:
     return params
 
 
+def _check_fits(cfg: TrainConfig, config: ModelConfig, n_train: int, n_val: int) -> None:
+    """Refuse, before any work, a run whose windows do not fit the data or whose attention activations do not fit
+    in memory: float32 probabilities (batch, n_heads, T, T) kept for every layer, plus a few temporaries."""
+    T = config.context_length
+    if min(n_train, n_val) < T + 2:
+        raise ValueError(
+            f"context_length {T} needs at least {T + 2} tokens per split; the data has {n_train} train "
+            f"and {n_val} val tokens: use a shorter context_length or more text"
+        )
+    need = 4 * cfg.batch_size * config.n_heads * T * T * (config.n_layers + 3)  # bytes
+    have = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    if need > 0.8 * have:
+        raise ValueError(
+            f"batch_size {cfg.batch_size} x context_length {T} needs about {need / 1e9:.0f} GB for "
+            f"attention activations, this machine has {have / 1e9:.0f} GB; lower one of them"
+        )
+
+
 def _keep_on_resume(entry: dict, step: int) -> bool:
     """Log lines an unbroken run would also have at ``step``: not a "paused" marker, not past the checkpoint."""
     return entry.get("event") != "paused" and entry.get("step", 0) <= step
@@ -170,6 +209,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict
     tokenizer = Tokenizer.load(Path(cfg.data_dir) / "tokenizer.json")
     config = cfg.model_config(tokenizer.vocab_size)
     T = config.context_length
+    _check_fits(cfg, config, len(train_tokens), len(val_tokens))
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     log_path = out / "log.jsonl"
@@ -193,6 +233,10 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict
     else:
         if resume:
             print(f"no checkpoint in {out}; starting from scratch", file=sys.stderr)
+        elif ckpt_path.is_file():
+            raise ValueError(
+                f"{out} already holds a run (ckpt.gguf); continue it with --resume, or pick another --out-dir"
+            )
         params = init_params(config, cfg.seed) if cfg.init_from is None else _init_from(cfg.init_from, config)
         opt = AdamW(params, cfg.beta1, cfg.beta2, weight_decay=cfg.weight_decay)
         log_path.write_text("")
