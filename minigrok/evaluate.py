@@ -78,16 +78,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args) -> int:
     from .checkpoint import load_gguf
+    from .tokenizer import Tokenizer
     from .train.data import load_meta, load_split
 
     params, config, tokenizer = load_gguf(args.model)
     if getattr(args, "attention", None) is not None:  # --attention, added by minigrok.__main__
         config = config.replace(attention=args.attention)
     meta = load_meta(args.data)
-    if meta["vocab_size"] != config.vocab_size:
+    if Tokenizer.load(Path(args.data) / "tokenizer.json") != tokenizer:
         raise ValueError(
-            f"{args.data} was tokenized with vocab {meta['vocab_size']} but the model has "
-            f"{config.vocab_size}; evaluate on the data the model was trained with"
+            f"{args.data} was tokenized with a different tokenizer than the model's, so its tokens mean other "
+            "text; evaluate on the data the model was trained with"
         )
     tokens = np.asarray(load_split(args.data, args.split))
     n_chars = meta[args.split]["n_chars"]
@@ -95,7 +96,7 @@ def run(args) -> int:
         if args.max_tokens < 2:
             raise ValueError("--max-tokens must be at least 2")
         tokens = tokens[: args.max_tokens]
-        n_chars = len(tokenizer.decode(tokens.tolist()).replace("<|endoftext|>", ""))
+        n_chars = len(tokenizer.decode(tokens[tokens != tokenizer.eot_id].tolist()))  # EOT separators excluded
     total, n = evaluate_tokens(params, config, tokens, progress=not args.json)
     result = {
         "model": str(Path(args.model)),

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
@@ -49,6 +50,11 @@ def _mb(n: int) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    out = Path(args.output)
+    if out.is_dir():
+        raise ValueError(f"output {args.output} is a directory; give a file name, e.g. {out / 'model-q8_0.gguf'}")
+    if out.exists() and out.resolve() == Path(args.input).resolve():
+        raise ValueError(f"output {args.output} is the input file; write to a new file (nothing was changed)")
     params, config, tokenizer = load_gguf(args.input)
     metadata = read_metadata(args.input)
     converted = convert(params, args.target, progress=True)
