@@ -10,14 +10,14 @@ expert one pass over the rows of ``gate`` and ``up`` together (both read against
 ``down`` product added into the output with its gate. ``moe_decode_numpy`` is its NumPy twin, the same algorithm
 token by token; tests/test_decode_kernels.py ties the two to each other and to ``minigrok.moe.moe``.
 
-Q8_0/Q4_0 experts run the same loop with integer matrix-vector products: the activation quantized to 8 bits per
-32-block, exact int32 block products scaled by both block scales (the arithmetic of quant_kernels.py's
-q8_0_matmul / q4_0_matmul and of llama.cpp's ggml_vec_dot_q8_0_q8_0 / ggml_vec_dot_q4_0_q8_0). Each product splits
-its output rows over Numba's threads (``prange``; NUMBA_NUM_THREADS), as llama.cpp splits rows over its threads:
-measured on 2 cores, the MoE of a decode step of the large random bench model takes 1.65x less time at Q8_0 and
-Q4_0 than on one thread, 1.2x at F32 (memory-bound). Float32 and quantized weights go to a kernel; anything else
-(float64 in gradient checks) is passed to ``minigrok.moe.moe`` unchanged, so ``moe_decode`` can stand in for
-``moe`` everywhere.
+Q8_0/Q4_0 experts run the same loop with the integer matrix-vector kernels of quant_kernels.py for the three
+products. Float32 and quantized weights go to a kernel; anything else (float64 in gradient checks) is passed to
+``minigrok.moe.moe`` unchanged, so ``moe_decode`` can stand in for ``moe`` everywhere.
+
+The kernels run on one thread. Splitting each product's rows over Numba threads (``prange``) was measured on 2
+cores: alone, the MoE of a decode step of the large bench model took 1.65x less time at Q8_0/Q4_0; inside the
+decode loop it lost (shipped model 540 -> 330 tok/s, with OpenBLAS's threads also spinning 540 -> 71): launching a
+parallel region per product costs more than a small product, and two thread pools fight over two cores.
 """
 
 from __future__ import annotations
@@ -26,12 +26,11 @@ import math
 
 import numba
 import numpy as np
-from numba import float32, int32
 
 from ..layers import gelu_tanh, softmax
 from ..moe import moe
-from ..quant import Q8_0, QK, QuantizedTensor, matmul_reference
-from .quant_kernels import FASTMATH, _quantize_activations
+from ..quant import Q8_0, QuantizedTensor, matmul_reference
+from .quant_kernels import q4_0_matmul, q8_0_matmul
 
 _SQRT_2_OVER_PI = np.float32(math.sqrt(2.0 / math.pi))
 _GELU_A = np.float32(0.044715)  # float32 constants keep the kernel's arithmetic in float32
@@ -68,7 +67,7 @@ def _route_one(logits, top_k, renormalize, expert_ids, gates):
             gates[j] /= total
 
 
-@numba.njit(cache=True, fastmath=True, parallel=True)
+@numba.njit(cache=True, fastmath=True)
 def _moe_decode_kernel(x, w_router, w_gate_exps, w_up_exps, w_down_exps, top_k, renormalize, out):
     n_tokens, d_model = x.shape
     num_experts, d_ff = w_router.shape[0], w_gate_exps.shape[1]
@@ -82,98 +81,75 @@ def _moe_decode_kernel(x, w_router, w_gate_exps, w_up_exps, w_down_exps, top_k, 
             logits[e] = _dot(w_router[e], xt)
         _route_one(logits, top_k, renormalize, expert_ids, gates)
         for j in range(top_k):
-            e, gate = expert_ids[j], gates[j]
-            for f in numba.prange(d_ff):  # gate and up rows f, read together against the same x; rows split on threads
+            e = expert_ids[j]
+            for f in range(d_ff):  # gate and up rows f, read together against the same x
+                g_row, u_row = w_gate_exps[e, f], w_up_exps[e, f]
                 a = np.float32(0.0)
                 b = np.float32(0.0)
                 for k in range(d_model):
-                    a += w_gate_exps[e, f, k] * xt[k]
-                    b += w_up_exps[e, f, k] * xt[k]
+                    a += g_row[k] * xt[k]
+                    b += u_row[k] * xt[k]
                 gelu = np.float32(0.5) * a * (np.float32(1.0) + math.tanh(_SQRT_2_OVER_PI * (a + _GELU_A * a * a * a)))
                 hidden[f] = gelu * b  # gelu_tanh(x @ gate.T) * (x @ up.T), one element
-            for o in numba.prange(d_model):
-                y = np.float32(0.0)
-                for f in range(d_ff):
-                    y += w_down_exps[e, o, f] * hidden[f]
-                out[t, o] += gate * y
+            for o in range(d_model):
+                out[t, o] += gates[j] * _dot(w_down_exps[e, o], hidden)
 
 
 @numba.njit(cache=True)
-def _gelu(a):
-    """gelu_tanh of one float32 number."""
-    return np.float32(0.5) * a * (np.float32(1.0) + math.tanh(_SQRT_2_OVER_PI * (a + _GELU_A * a * a * a)))
+def _geglu_row(a, b, hidden):
+    """hidden[0] = gelu_tanh(a[0]) * b[0], elementwise over (1, d_ff) rows."""
+    for f in range(a.shape[1]):
+        g = a[0, f]
+        hidden[0, f] = np.float32(0.5) * g * (np.float32(1.0) + math.tanh(_SQRT_2_OVER_PI * (g + _GELU_A * g * g * g)))
+        hidden[0, f] *= b[0, f]
 
 
-# Integer matrix-vector products for one token, rows split over threads (the loops of quant_kernels.py's
-# q8_0_matmul / q4_0_matmul, which run on one thread: same arithmetic, exact int32 products scaled per 32-block).
-@numba.njit(cache=True, fastmath=FASTMATH, parallel=True)
-def _q8_0_rows(xq, dx, qs, d, out):
-    """out (R,) = W x for a Q8_0 weight (qs (R, K) int8, d (R, K/32)) and an 8-bit x (xq (K,) int8, dx (K/32,))."""
-    for r in numba.prange(qs.shape[0]):
-        acc = float32(0)
-        for k in range(qs.shape[1]):
-            acc += float32(int32(int32(qs[r, k]) * int32(xq[k]))) * (d[r, k >> 5] * dx[k >> 5])
-        out[r] = acc
-
-
-@numba.njit(cache=True, fastmath=FASTMATH, parallel=True)
-def _q4_0_rows(x_lo, x_hi, dx, qs, d, out):
-    """out (R,) = W x for a Q4_0 weight (qs (R, K/2) uint8 in GGUF nibble order, d (R, K/32)) and an 8-bit x split
-    into the halves the low and the high nibbles multiply (x_lo, x_hi (K/2,) int8, dx (K/32,))."""
-    for r in numba.prange(qs.shape[0]):
-        acc = float32(0)
-        for k in range(qs.shape[1]):
-            byte = int32(qs[r, k])
-            p = int32(int32((byte & 15) - 8) * int32(x_lo[k]) + int32((byte >> 4) - 8) * int32(x_hi[k]))
-            acc += float32(p) * (d[r, k >> 4] * dx[k >> 4])
-        out[r] = acc
-
-
+# Two copies of one loop, for Q8_0 and Q4_0 weights: Numba types both branches of an ``if``, and the two integer
+# kernels (minigrok/kernels/quant_kernels.py) take quants of different dtypes (int8, uint8).
 @numba.njit(cache=True)
-def _nibble_halves(xq):
-    """xq (K,) int8 -> (x_lo, x_hi) (K/2,) each: x_lo[16 b + j] = xq[32 b + j], x_hi[16 b + j] = xq[32 b + 16 + j]."""
-    half = xq.shape[0] // 2
-    x_lo, x_hi = np.empty(half, np.int8), np.empty(half, np.int8)
-    for i in range(half):
-        b, j = i >> 4, i & 15
-        x_lo[i] = xq[b * QK + j]
-        x_hi[i] = xq[b * QK + 16 + j]
-    return x_lo, x_hi
-
-
-@numba.njit(cache=True)
-def _matvec_q(v, qs, d, is_q4, out):
-    """out (R,) = W v for a Q4_0 (is_q4) or Q8_0 W; v (1, K) float32 is first quantized to 8 bits per 32-block
-    (quant_kernels._quantize_activations, the rule of quant.quantize_activations)."""
-    vq, dv = _quantize_activations(v)  # (1, K) int8, (1, K/32) float32
-    if is_q4:
-        x_lo, x_hi = _nibble_halves(vq[0])
-        _q4_0_rows(x_lo, x_hi, dv[0], qs, d, out)
-    else:
-        _q8_0_rows(vq[0], dv[0], qs, d, out)
-
-
-@numba.njit(cache=True)
-def _moe_decode_quantized(x, w_router, gate_qs, gate_d, up_qs, up_d, down_qs, down_d, top_k, renormalize, out, is_q4):
+def _moe_decode_q8_0_kernel(x, w_router, gate_qs, gate_d, up_qs, up_d, down_qs, down_d, top_k, renormalize, out):
     n_tokens, d_model = x.shape
     num_experts, d_ff = w_router.shape[0], gate_qs.shape[1]
     logits = np.empty(num_experts, np.float32)
     expert_ids, gates = np.empty(top_k, np.int64), np.empty(top_k, np.float32)
-    a, b, y = np.empty(d_ff, np.float32), np.empty(d_ff, np.float32), np.empty(d_model, np.float32)
-    hidden = np.empty((1, d_ff), np.float32)
+    xt, y = np.empty((1, d_model), np.float32), np.empty((1, d_model), np.float32)
+    a, b, hidden = np.empty((1, d_ff), np.float32), np.empty((1, d_ff), np.float32), np.empty((1, d_ff), np.float32)
     for t in range(n_tokens):
+        xt[0] = x[t]
         for e in range(num_experts):
             logits[e] = _dot(w_router[e], x[t])
         _route_one(logits, top_k, renormalize, expert_ids, gates)
         for j in range(top_k):
             e = expert_ids[j]
-            _matvec_q(x[t : t + 1], gate_qs[e], gate_d[e], is_q4, a)  # (d_ff,)
-            _matvec_q(x[t : t + 1], up_qs[e], up_d[e], is_q4, b)  # (d_ff,)
-            for f in range(d_ff):
-                hidden[0, f] = _gelu(a[f]) * b[f]
-            _matvec_q(hidden, down_qs[e], down_d[e], is_q4, y)  # (d_model,)
+            q8_0_matmul(xt, gate_qs[e], gate_d[e], a)  # (1, d_ff)
+            q8_0_matmul(xt, up_qs[e], up_d[e], b)  # (1, d_ff)
+            _geglu_row(a, b, hidden)
+            q8_0_matmul(hidden, down_qs[e], down_d[e], y)  # (1, d_model)
             for o in range(d_model):
-                out[t, o] += gates[j] * y[o]
+                out[t, o] += gates[j] * y[0, o]
+
+
+@numba.njit(cache=True)
+def _moe_decode_q4_0_kernel(x, w_router, gate_qs, gate_d, up_qs, up_d, down_qs, down_d, top_k, renormalize, out):
+    n_tokens, d_model = x.shape
+    num_experts, d_ff = w_router.shape[0], gate_qs.shape[1]
+    logits = np.empty(num_experts, np.float32)
+    expert_ids, gates = np.empty(top_k, np.int64), np.empty(top_k, np.float32)
+    xt, y = np.empty((1, d_model), np.float32), np.empty((1, d_model), np.float32)
+    a, b, hidden = np.empty((1, d_ff), np.float32), np.empty((1, d_ff), np.float32), np.empty((1, d_ff), np.float32)
+    for t in range(n_tokens):
+        xt[0] = x[t]
+        for e in range(num_experts):
+            logits[e] = _dot(w_router[e], x[t])
+        _route_one(logits, top_k, renormalize, expert_ids, gates)
+        for j in range(top_k):
+            e = expert_ids[j]
+            q4_0_matmul(xt, gate_qs[e], gate_d[e], a)  # (1, d_ff)
+            q4_0_matmul(xt, up_qs[e], up_d[e], b)  # (1, d_ff)
+            _geglu_row(a, b, hidden)
+            q4_0_matmul(hidden, down_qs[e], down_d[e], y)  # (1, d_model)
+            for o in range(d_model):
+                out[t, o] += gates[j] * y[0, o]
 
 
 def _quant_arrays(w: QuantizedTensor) -> tuple[np.ndarray, np.ndarray]:
@@ -204,9 +180,9 @@ def moe_decode(x, w_router, w_gate_exps, w_up_exps, w_down_exps, top_k: int, ren
     _check_shapes(x, w_router, w_gate_exps, w_up_exps, w_down_exps, top_k)
     out = np.zeros_like(x)  # (N, d_model)
     if quantized:
+        kernel = _moe_decode_q8_0_kernel if w_gate_exps.type == Q8_0 else _moe_decode_q4_0_kernel
         arrays = [a for w in experts for a in _quant_arrays(w)]
-        is_q4 = w_gate_exps.type != Q8_0
-        _moe_decode_quantized(x, w_router, *arrays, int(top_k), bool(renormalize), out, is_q4)
+        kernel(x, w_router, *arrays, int(top_k), bool(renormalize), out)
     else:
         _moe_decode_kernel(x, w_router, *experts, int(top_k), bool(renormalize), out)
     return out
