@@ -15,6 +15,7 @@ import numpy as np
 
 from .attention import KVCache, attention, kv_cache_size
 from .config import ModelConfig
+from .kernels.decode import moe_decode
 from .layers import linear, rms_norm, rope_tables
 from .moe import moe
 
@@ -77,6 +78,9 @@ def forward(params: dict, config: ModelConfig, tokens: np.ndarray, cache: KVCach
     positions = np.arange(pos, pos + T)  # (T,) absolute positions
     cos, sin = rope_tables(positions, config.head_dim, config.rope_theta)  # (T, head_dim/2)
     x = params["token_embd.weight"][tokens] * np.float32(config.embedding_multiplier)  # (B, T, d_model)
+    # A decode step (one token per sequence) runs each MoE layer in one compiled call (kernels/decode.py, tied to
+    # moe.moe by tests/test_decode_kernels.py); a prefill runs one matrix product per expert, which is faster there.
+    moe_layer = moe_decode if T == 1 else moe
     for i in range(config.n_layers):
         p = f"blk.{i}."
         h = rms_norm(x, params[p + "attn_norm.weight"], eps)  # (B, T, d_model)
@@ -96,7 +100,7 @@ def forward(params: dict, config: ModelConfig, tokens: np.ndarray, cache: KVCach
         )  # (B, T, d_model)
         x = x + rms_norm(h, params[p + "attn_output_norm.weight"], eps)  # (B, T, d_model)
         h = rms_norm(x, params[p + "ffn_norm.weight"], eps).reshape(B * T, -1)  # (B*T, d_model)
-        h = moe(
+        h = moe_layer(
             h,
             params[p + "ffn_gate_inp.weight"],
             params[p + "ffn_gate_exps.weight"],
