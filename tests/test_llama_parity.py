@@ -56,6 +56,7 @@ llama_cpp = pytest.importorskip(
     "llama_cpp", reason="llama-cpp-python is not installed (pip install llama-cpp-python; it builds llama.cpp)"
 )
 
+import minigrok.model  # noqa: E402
 import minigrok.moe  # noqa: E402
 from minigrok.__main__ import DEFAULT_MODEL  # noqa: E402
 from minigrok.checkpoint import load_gguf, save_gguf  # noqa: E402
@@ -169,6 +170,7 @@ def router_margins(params, config, ids, monkeypatch, one_by_one: bool = False) -
 
     with monkeypatch.context() as m:
         m.setattr(minigrok.moe, "route", recording_route)
+        m.setattr(minigrok.model, "moe_decode", minigrok.moe.moe)  # the fused decode kernel routes inside Numba
         if one_by_one:
             decode_logits(params, config, ids)
             return np.concatenate(gaps).reshape(len(ids), config.n_layers).min(axis=1)  # (T,)
