@@ -21,15 +21,14 @@ another tool's file is dequantized on load, since minigrok uses them as plain ar
 
 from __future__ import annotations
 
-import contextlib
 import os
-import tempfile
 from pathlib import Path
 
 import gguf
 import numpy as np
 
 from minigrok.config import ModelConfig
+from minigrok.fileio import atomic_write
 from minigrok.quant import Q4_0, Q8_0, QuantizedTensor
 from minigrok.tokenizer import Tokenizer
 
@@ -133,43 +132,37 @@ def save_gguf(
             )
         tensors[name] = np.ascontiguousarray(arr, dtype=np.float16 if store_f16 else np.float32)
 
-    try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as e:
-        raise CheckpointError(f"cannot write {path}: {e.strerror or e}; check that the directory exists") from None
-    os.close(fd)
-    writer = gguf.GGUFWriter(tmp, ARCH)  # also writes general.architecture = "grok"
-    try:
-        quant_types = {arr.type for arr in tensors.values() if isinstance(arr, QuantizedTensor)}
-        _add_hparams(writer, config, dtype, quant_types)
-        writer.add_tokenizer_model("gpt2")  # byte-level BPE, llama.cpp's name for it
-        writer.add_tokenizer_pre(tok["pre"])
-        writer.add_token_list(tok["tokens"])
-        writer.add_token_types([int(t) for t in tok["token_types"]])
-        writer.add_token_merges(tok["merges"])  # the writer skips an empty list; load_gguf reads it back as []
-        writer.add_bos_token_id(int(tok["bos_id"]))
-        writer.add_eos_token_id(int(tok["eos_id"]))
-        for key, value, vtype in extra:
-            writer.add_key_value(key, value, vtype)
-        for name, arr in tensors.items():
-            if isinstance(arr, QuantizedTensor):  # uint8 blocks; the writer turns the byte shape into the real one
-                ggml_type = next(t for t, q in _QUANT_TYPES.items() if q == arr.type)
-                writer.add_tensor(name, arr.to_blocks(), raw_dtype=ggml_type)
-            else:
-                writer.add_tensor(name, arr)
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
-        writer.close()
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes it 0600
-        os.replace(tmp, path)
-    except BaseException:
-        writer.close()
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    def write(tmp: Path) -> None:
+        writer = gguf.GGUFWriter(str(tmp), ARCH)  # also writes general.architecture = "grok"
+        try:
+            quant_types = {arr.type for arr in tensors.values() if isinstance(arr, QuantizedTensor)}
+            _add_hparams(writer, config, dtype, quant_types)
+            writer.add_tokenizer_model("gpt2")  # byte-level BPE, llama.cpp's name for it
+            writer.add_tokenizer_pre(tok["pre"])
+            writer.add_token_list(tok["tokens"])
+            writer.add_token_types([int(t) for t in tok["token_types"]])
+            writer.add_token_merges(tok["merges"])  # the writer skips an empty list; load_gguf reads it back as []
+            writer.add_bos_token_id(int(tok["bos_id"]))
+            writer.add_eos_token_id(int(tok["eos_id"]))
+            for key, value, vtype in extra:
+                writer.add_key_value(key, value, vtype)
+            for name, arr in tensors.items():
+                if isinstance(arr, QuantizedTensor):  # uint8 blocks; the writer turns the byte shape into the real one
+                    ggml_type = next(t for t, q in _QUANT_TYPES.items() if q == arr.type)
+                    writer.add_tensor(name, arr.to_blocks(), raw_dtype=ggml_type)
+                else:
+                    writer.add_tensor(name, arr)
+            writer.write_header_to_file()
+            writer.write_kv_data_to_file()
+            writer.write_tensors_to_file()
+        finally:
+            writer.close()
+
+    if not path.parent.is_dir():
+        raise CheckpointError(f"cannot write {path}: the directory {path.parent} does not exist; create it first")
+    if not os.access(path.parent, os.W_OK):
+        raise CheckpointError(f"cannot write {path}: the directory {path.parent} is not writable")
+    atomic_write(path, write)  # temp file beside path, fsync, rename: never a half-written checkpoint
 
 
 def _add_hparams(writer: gguf.GGUFWriter, c: ModelConfig, dtype: str, quant_types: set[str]) -> None:
