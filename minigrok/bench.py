@@ -7,8 +7,9 @@ model file itself if it has that type, else a conversion made with ``python -m m
 run in its own process, one after the other, all with --threads threads (OpenBLAS and Numba for minigrok,
 n_threads for llama.cpp):
 
-    minigrok        generate's loop: the prompt in one forward through a KV cache, then one token per forward, greedy
-    minigrok-fused  the same, with each decode step's MoE layer in one Numba call (minigrok/kernels/decode.py)
+    minigrok        generate's loop: the prompt in one forward through a KV cache, then one token per forward, greedy;
+                    decode steps run in compiled code (minigrok/kernels/decode.py)
+    minigrok-numpy  the same loop with decode steps on the readable NumPy path of model.forward (use_kernel=False)
     llama.cpp       llama-cpp-python on the same GGUF file (skipped if it is not installed)
     naive           no KV cache: each new token recomputes the whole sequence (picoGPT's loop); F32 only
 
@@ -44,7 +45,7 @@ LARGE = dict(
     vocab_size=4096, d_model=1024, n_layers=8, n_heads=16, n_kv_heads=4, head_dim=64, d_ff=2048,
     num_experts=8, top_k=2, context_length=1024,
 )  # fmt: skip
-ENGINES = ("minigrok", "minigrok-fused", "llama.cpp", "naive")
+ENGINES = ("minigrok", "minigrok-numpy", "llama.cpp", "naive")
 TYPES = ("f32", "q8_0", "q4_0")
 MODELS = ("shipped", "large")
 
@@ -373,15 +374,11 @@ def _minigrok_engine(spec: dict, max_len: int):
 
         return run_prompt, step
 
-    if spec["engine"] == "minigrok-fused":
-        from .kernels.decode import moe_decode
-
-        moe = model.moe  # decode steps (one token) take the fused kernel, a prefill keeps moe's batched products
-        model.moe = lambda x, *weights: (moe_decode if x.shape[0] == 1 else moe)(x, *weights)
+    use_kernel = spec["engine"] == "minigrok"  # minigrok-numpy: decode steps on the readable NumPy path
     state = {}
 
     def run_prompt():
-        state["cache"] = model.init_cache(config, 1, max_len)
+        state["cache"] = model.init_cache(config, 1, max_len, use_kernel=use_kernel)
         return int(np.argmax(model.forward(params, config, ids[None], state["cache"])[0, -1]))
 
     def step(token):

@@ -15,7 +15,7 @@ import numpy as np
 
 from .attention import KVCache, attention, kv_cache_size
 from .config import ModelConfig
-from .kernels.decode import moe_decode
+from .kernels.decode import decode_step, kernel_weights
 from .layers import linear, rms_norm, rope_tables
 from .moe import moe
 
@@ -73,14 +73,18 @@ def forward(params: dict, config: ModelConfig, tokens: np.ndarray, cache: KVCach
     if cache is not None and cache.pattern != config.pattern:
         raise ValueError(f"the cache was made for attention {cache.pattern}, the model uses {config.pattern}")
     step = cache.begin(T) if cache is not None else None  # raises if the tokens do not fit
+    # A decode step of one sequence runs in compiled code (kernels/decode.py: the same computation as below, tied to
+    # it by tests/test_decode_kernels.py), unless the cache asks for NumPy or a weight has no kernel (float64).
+    weights = kernel_weights(params, config) if B == 1 and T == 1 and cache is not None and cache.use_kernel else None
+    if weights is not None:
+        logits = decode_step(params, config, int(tokens[0, 0]), cache, step, weights)  # (vocab_size,)
+        cache.commit(step)
+        return logits[None, None]  # (1, 1, vocab_size)
 
     eps = config.rms_eps
     positions = np.arange(pos, pos + T)  # (T,) absolute positions
     cos, sin = rope_tables(positions, config.head_dim, config.rope_theta)  # (T, head_dim/2)
     x = params["token_embd.weight"][tokens] * np.float32(config.embedding_multiplier)  # (B, T, d_model)
-    # A decode step (one token per sequence) runs each MoE layer in one compiled call (kernels/decode.py, tied to
-    # moe.moe by tests/test_decode_kernels.py); a prefill runs one matrix product per expert, which is faster there.
-    moe_layer = moe_decode if T == 1 else moe
     for i in range(config.n_layers):
         p = f"blk.{i}."
         h = rms_norm(x, params[p + "attn_norm.weight"], eps)  # (B, T, d_model)
@@ -100,7 +104,7 @@ def forward(params: dict, config: ModelConfig, tokens: np.ndarray, cache: KVCach
         )  # (B, T, d_model)
         x = x + rms_norm(h, params[p + "attn_output_norm.weight"], eps)  # (B, T, d_model)
         h = rms_norm(x, params[p + "ffn_norm.weight"], eps).reshape(B * T, -1)  # (B*T, d_model)
-        h = moe_layer(
+        h = moe(
             h,
             params[p + "ffn_gate_inp.weight"],
             params[p + "ffn_gate_exps.weight"],

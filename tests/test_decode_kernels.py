@@ -1,104 +1,173 @@
-"""The fused MoE decode kernel (minigrok/kernels/decode.py) equals its NumPy twin and minigrok.moe.moe."""
+"""The compiled decode step (minigrok/kernels/decode.py) computes what model.forward's NumPy path computes."""
+
+import math
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from minigrok.kernels.decode import moe_decode, moe_decode_numpy
-from minigrok.moe import moe
-from minigrok.quant import QuantizedTensor
+import minigrok.kernels.decode as decode
+from minigrok.config import ModelConfig
+from minigrok.layers import gelu_tanh, softcap, softmax
+from minigrok.model import forward, init_cache, init_params
+from minigrok.quant import QuantizedTensor, storage_type
 
 
-def layer(seed, n_tokens, d_model, d_ff, num_experts, dtype=np.float32):
+def make_model(seed, n_heads, n_kv_heads, num_experts, top_k, renormalize, cap, attention, qtype="f32", d_model=64):
+    head_dim = d_model // n_heads
+    config = ModelConfig(
+        vocab_size=97, d_model=d_model, n_layers=2, n_heads=n_heads, n_kv_heads=n_kv_heads, head_dim=head_dim,
+        d_ff=96, num_experts=num_experts, top_k=top_k, renormalize_gates=renormalize, attn_logit_softcap=cap,
+        attention_multiplier=1 / math.sqrt(head_dim), embedding_multiplier=2.0, output_multiplier=0.5,
+        context_length=64, attention=attention,
+    )  # fmt: skip
+    params = init_params(config, seed)
     rng = np.random.default_rng(seed)
-    x = rng.standard_normal((n_tokens, d_model)).astype(dtype)  # (N, d_model)
-    w_router = rng.standard_normal((num_experts, d_model)).astype(dtype)
-    w_gate = (rng.standard_normal((num_experts, d_ff, d_model)) / np.sqrt(d_model)).astype(dtype)
-    w_up = (rng.standard_normal((num_experts, d_ff, d_model)) / np.sqrt(d_model)).astype(dtype)
-    w_down = (rng.standard_normal((num_experts, d_model, d_ff)) / np.sqrt(d_ff)).astype(dtype)
-    return x, w_router, w_gate, w_up, w_down
+    for name, w in params.items():  # norms away from 1, so that a norm applied twice or skipped shows
+        if w.ndim == 1:
+            params[name] = (1 + 0.3 * rng.standard_normal(w.shape)).astype(np.float32)
+        elif storage_type(name, w.ndim, qtype) in ("q8_0", "q4_0"):
+            params[name] = QuantizedTensor.from_float(w * 10, qtype)  # larger weights: logits of order 1
+        else:
+            params[name] = w * np.float32(10)
+    return params, config
 
 
-@settings(max_examples=40, deadline=None)
+def decode_both(params, config, tokens, prefill):
+    """Logits (T - prefill, vocab) for tokens after the first ``prefill``, one decode step at a time, computed by the
+    compiled step and by the NumPy path; each cache must also end up holding the same keys and values."""
+    out = []
+    caches = []
+    for use_kernel in (True, False):
+        cache = init_cache(config, 1, use_kernel=use_kernel)
+        if prefill:
+            forward(params, config, tokens[None, :prefill], cache)
+        steps = [forward(params, config, tokens[None, t : t + 1], cache)[0, 0] for t in range(prefill, len(tokens))]
+        out.append(np.array(steps))
+        caches.append(cache)
+    for a, b in zip(caches[0].k + caches[0].v, caches[1].k + caches[1].v, strict=True):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-4 * np.abs(b).max() + 1e-6)
+    return out
+
+
+@settings(max_examples=25, deadline=None)
 @given(
-    seed=st.integers(0, 2**32 - 1),
-    n_tokens=st.integers(1, 4),
-    d_model=st.sampled_from([1, 8, 33, 64]),
-    d_ff=st.sampled_from([1, 16, 40]),
-    num_experts=st.integers(1, 8),
+    seed=st.integers(0, 2**31 - 1),
+    heads=st.sampled_from([(4, 4), (4, 2), (8, 2), (4, 1)]),
+    num_experts=st.integers(1, 6),
     data=st.data(),
 )
-def test_kernel_equals_numpy_twin_and_moe(seed, n_tokens, d_model, d_ff, num_experts, data):
-    top_k = data.draw(st.integers(1, num_experts))
-    renormalize = data.draw(st.booleans())
-    args = (*layer(seed, n_tokens, d_model, d_ff, num_experts), top_k, renormalize)
-    kernel, twin, reference = moe_decode(*args), moe_decode_numpy(*args), moe(*args)
-    assert kernel.dtype == np.float32 and kernel.shape == (n_tokens, d_model)
-    # Relative to the output's size, plus an absolute 1e-6 for outputs that cancel to near zero (their float32
-    # error is set by the O(1) terms summed, not by the tiny result). A router near tie could pick different
-    # experts in float32; random normal routers have none at this size.
-    atol = 1e-5 * np.abs(reference).max() + 1e-6
-    np.testing.assert_allclose(twin, reference, rtol=0, atol=atol)
-    np.testing.assert_allclose(kernel, reference, rtol=0, atol=atol)
-
-
-def test_ties_go_to_the_lowest_expert_id_as_in_route():
-    x, _, w_gate, w_up, w_down = layer(0, 2, 16, 8, 6)
-    w_router = np.zeros((6, 16), np.float32)  # every probability 1/6: experts 0 and 1 win
-    args = (x, w_router, w_gate, w_up, w_down, 2, False)
-    np.testing.assert_allclose(moe_decode(*args), moe(*args), atol=1e-6)
-    # experts 0 and 1 with gates 1/6 each: the two-expert layer (gates 1/2 each) scaled by 1/3
-    expected = moe(x, w_router[:2], w_gate[:2], w_up[:2], w_down[:2], 2, False) / 3
-    np.testing.assert_allclose(moe_decode(*args), expected, atol=1e-6)
-
-
-def test_one_expert_with_gate_one_is_the_plain_geglu():
-    x, w_router, w_gate, w_up, w_down = layer(1, 1, 32, 24, 1)
-    hidden = (
-        0.5
-        * (x @ w_gate[0].T)
-        * (1 + np.tanh(np.sqrt(2 / np.pi) * ((x @ w_gate[0].T) + 0.044715 * (x @ w_gate[0].T) ** 3)))
+def test_compiled_step_equals_the_numpy_path_f32(seed, heads, num_experts, data):
+    top_k = data.draw(st.integers(1, num_experts), label="top_k")
+    renormalize = data.draw(st.booleans(), label="renormalize")
+    cap = data.draw(st.sampled_from([0.0, 30.0, 2.0]), label="cap")
+    attention = data.draw(
+        st.sampled_from(["dense", "window:5", "sinks:2,4", "block:size=4,local=1,global=1,stride=2"]), label="pattern"
     )
-    expected = (hidden * (x @ w_up[0].T)) @ w_down[0].T  # (1, d_model), gate = softmax of one logit = 1
-    np.testing.assert_allclose(moe_decode(x, w_router, w_gate, w_up, w_down, 1, False), expected, rtol=1e-4, atol=1e-5)
-
-
-def test_other_dtypes_go_to_moe_unchanged():
-    args = (*layer(2, 3, 16, 8, 4, dtype=np.float64), 2, True)
-    out = moe_decode(*args)
-    assert out.dtype == np.float64
-    np.testing.assert_array_equal(out, moe(*args))
-
-
-@pytest.mark.parametrize(
-    "change, message",
-    [
-        (lambda a: {**a, "w_up": a["w_up"][:, :-1]}, "w_up_exps has shape"),
-        (lambda a: {**a, "w_down": a["w_down"][:-1]}, "w_down_exps has shape"),
-        (lambda a: {**a, "x": a["x"][:, :-1]}, "x has shape"),
-        (lambda a: {**a, "top_k": 5}, "top_k must be in 1..4"),
-        (lambda a: {**a, "top_k": 0}, "top_k must be in 1..4"),
-    ],
-)
-def test_bad_shapes_are_refused_before_the_kernel(change, message):
-    x, w_router, w_gate, w_up, w_down = layer(3, 1, 16, 8, 4)
-    a = change({"x": x, "w_router": w_router, "w_gate": w_gate, "w_up": w_up, "w_down": w_down, "top_k": 2})
-    for fn in (moe_decode, moe_decode_numpy):
-        with pytest.raises(ValueError, match=message):
-            fn(*(np.ascontiguousarray(a[k]) for k in ("x", "w_router", "w_gate", "w_up", "w_down")), a["top_k"], False)
+    prefill = data.draw(st.integers(0, 6), label="prefill")
+    params, config = make_model(seed, *heads, num_experts, top_k, renormalize, cap, attention)
+    tokens = np.random.default_rng(seed).integers(0, config.vocab_size, prefill + 12)
+    kernel, numpy_path = decode_both(params, config, tokens, prefill)
+    assert kernel.dtype == np.float32 and kernel.shape == (12, config.vocab_size)
+    # float32 rounding only (a router near tie could pick other experts; random routers of this size have none)
+    np.testing.assert_allclose(kernel, numpy_path, rtol=0, atol=2e-5 * np.abs(numpy_path).max())
 
 
 @pytest.mark.parametrize("qtype", ["q8_0", "q4_0"])
-@pytest.mark.parametrize("n_tokens, num_experts, top_k, renormalize", [(1, 8, 2, False), (3, 4, 1, True)])
-def test_quantized_experts_equal_numpy_twin_and_moe(qtype, n_tokens, num_experts, top_k, renormalize):
-    x, w_router, *experts = layer(4, n_tokens, 64, 96, num_experts)
-    experts = [QuantizedTensor.from_float(w, qtype) for w in experts]
-    args = (x, w_router, *experts, top_k, renormalize)
-    kernel, twin, reference = moe_decode(*args), moe_decode_numpy(*args), moe(*args)
-    scale = np.abs(reference).max()
-    np.testing.assert_allclose(twin, reference, rtol=0, atol=1e-5 * scale)
-    np.testing.assert_allclose(kernel, reference, rtol=0, atol=1e-5 * scale)
-    # and the quantization error itself is small: within a few % of the float32 layer
-    float_layer = moe(x, w_router, *(w.dequantize() for w in experts), top_k, renormalize)
-    assert np.abs(kernel - float_layer).max() < (0.03 if qtype == "q8_0" else 0.15) * scale
+@pytest.mark.parametrize("attention", ["dense", "sinks:2,4"])
+def test_compiled_step_equals_the_numpy_path_quantized(qtype, attention):
+    params, config = make_model(1, 4, 2, 4, 2, False, 30.0, attention, qtype)
+    assert isinstance(params["blk.0.ffn_up_exps.weight"], QuantizedTensor)
+    tokens = np.random.default_rng(1).integers(0, config.vocab_size, 20)
+    kernel, numpy_path = decode_both(params, config, tokens, 4)
+    # Both quantize each product's input to 8 bits per block; a float32 rounding difference before that can move a
+    # value across a rounding boundary (one step of 1/127 of its block's largest value). Such a flip changes the
+    # logits of its step, and of later ones while its key and value stay in the window, by < 1%; every other
+    # step agrees to float32 rounding. A real mistake (a wrong expert, scale or rotation) changes every step.
+    step_diffs = np.abs(kernel - numpy_path).max(axis=1) / np.abs(numpy_path).max()  # (steps,)
+    assert step_diffs.max() < 1e-2
+    assert np.median(step_diffs) < 1e-5
+
+
+def test_router_ties_go_to_the_lowest_expert_id_as_in_route():
+    params, config = make_model(2, 4, 2, 6, 2, False, 30.0, "dense")
+    for i in range(config.n_layers):  # every probability 1/6: experts 0 and 1 win in both paths
+        params[f"blk.{i}.ffn_gate_inp.weight"] = np.zeros_like(params[f"blk.{i}.ffn_gate_inp.weight"])
+    tokens = np.arange(8)
+    kernel, numpy_path = decode_both(params, config, tokens, 2)
+    np.testing.assert_allclose(kernel, numpy_path, rtol=0, atol=2e-5 * np.abs(numpy_path).max())
+    for i in range(config.n_layers):  # the other experts are never read: changing them changes nothing
+        for name in ("ffn_gate_exps", "ffn_up_exps", "ffn_down_exps"):
+            params[f"blk.{i}.{name}.weight"][2:] = 0
+    again, _ = decode_both(params, config, tokens, 2)
+    np.testing.assert_array_equal(again, kernel)
+
+
+def test_other_dtypes_take_the_numpy_path():
+    params, config = make_model(3, 4, 2, 4, 2, True, 30.0, "dense")
+    assert decode.kernel_weights(params, config) is not None
+    params64 = {k: v.astype(np.float64) for k, v in params.items()}
+    assert decode.kernel_weights(params64, config) is None
+    cache = init_cache(config, 1)
+    forward(params64, config, np.array([[1, 2]]), cache)
+    assert forward(params64, config, np.array([[3]]), cache).dtype == np.float64
+
+
+def test_a_batch_of_two_takes_the_numpy_path_and_agrees():
+    params, config = make_model(4, 4, 2, 4, 2, False, 30.0, "dense")
+    tokens = np.array([[5, 6, 7], [8, 9, 10]])
+    cache = init_cache(config, 2)
+    forward(params, config, tokens[:, :2], cache)
+    both = forward(params, config, tokens[:, 2:], cache)[:, 0]  # (2, vocab)
+    for b in range(2):
+        single = init_cache(config, 1)
+        forward(params, config, tokens[b : b + 1, :2], single)
+        one = forward(params, config, tokens[b : b + 1, 2:], single)[0, 0]  # compiled step
+        np.testing.assert_allclose(one, both[b], rtol=0, atol=2e-5 * np.abs(both).max())
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    scores=st.lists(st.floats(-200, 200, width=32), min_size=1, max_size=40),
+    cap=st.sampled_from([0.0, 1.0, 30.0]),
+    multiplier=st.sampled_from([1.0, 0.125]),
+)
+def test_softcap_softmax_in_the_kernel_equals_layers(scores, cap, multiplier):
+    s = np.array([scores, scores[::-1]], np.float32)  # (2, n)
+    expected = softmax(softcap(s * np.float32(multiplier), cap))
+    got = s.copy()
+    decode._softcap_softmax(got, np.float32(multiplier), np.float32(cap))
+    np.testing.assert_allclose(got, expected, rtol=0, atol=2e-6)
+    np.testing.assert_allclose(got.sum(axis=1), 1, rtol=1e-5)
+
+
+def test_gelu_through_sigmoid_equals_gelu_tanh():
+    # 0.5 x (1 + tanh z) = x sigmoid(2 z): the form the kernel uses
+    x = np.linspace(-12, 12, 2001, dtype=np.float32)
+    z = np.sqrt(2 / np.pi) * (x + 0.044715 * x**3)
+    via_sigmoid = x / (1 + np.exp(-2 * z))
+    np.testing.assert_allclose(via_sigmoid, gelu_tanh(x), rtol=1e-5, atol=1e-6)
+    got = np.array([decode._sigmoid(np.float32(2 * v)) for v in z[::100]], np.float32)
+    np.testing.assert_allclose(got, 0.5 * (1 + np.tanh(z[::100])), rtol=1e-6, atol=1e-7)
+
+
+def test_large_models_split_products_over_threads_small_ones_do_not():
+    _, small = make_model(5, 4, 2, 4, 2, False, 30.0, "dense")
+    big = ModelConfig(vocab_size=4096, d_model=1024, n_layers=8, n_heads=16, n_kv_heads=4, head_dim=64, d_ff=2048)
+    assert small.n_active_params() < decode.THREADED_MODEL_WEIGHTS <= big.n_active_params()
+    params = init_params(small, 0)
+    assert decode.kernel_weights(params, small)[1] == decode.SERIAL
+
+
+@pytest.mark.parametrize("qtype", ["f32", "q8_0", "q4_0"])
+def test_products_split_over_threads_give_the_same_logits(qtype, monkeypatch):
+    params, config = make_model(6, 4, 2, 4, 2, False, 30.0, "dense", qtype)
+    tokens = np.random.default_rng(6).integers(0, config.vocab_size, 10)
+    serial, _ = decode_both(params, config, tokens, 3)
+    monkeypatch.setattr(decode, "THREADED_MODEL_WEIGHTS", 0)  # every model counts as large ...
+    monkeypatch.setattr(decode, "PARALLEL_BLOCK", 500)  # ... and every product is cut into blocks of rows
+    monkeypatch.setattr(decode, "_last", [None, None])
+    assert decode.kernel_weights(params, config)[1] == 500
+    threaded, _ = decode_both(params, config, tokens, 3)
+    np.testing.assert_array_equal(threaded, serial)

@@ -170,18 +170,18 @@ def router_margins(params, config, ids, monkeypatch, one_by_one: bool = False) -
 
     with monkeypatch.context() as m:
         m.setattr(minigrok.moe, "route", recording_route)
-        m.setattr(minigrok.model, "moe_decode", minigrok.moe.moe)  # the fused decode kernel routes inside Numba
-        if one_by_one:
-            decode_logits(params, config, ids)
+        if one_by_one:  # on the NumPy twin of the compiled decode step, which routes inside Numba
+            decode_logits(params, config, ids, use_kernel=False)
             return np.concatenate(gaps).reshape(len(ids), config.n_layers).min(axis=1)  # (T,)
         forward(params, config, np.array([ids]))
     return np.min(gaps, axis=0)  # (T,)
 
 
-def decode_logits(params, config, ids) -> np.ndarray:
+def decode_logits(params, config, ids, use_kernel: bool = True) -> np.ndarray:
     """minigrok's logits (T, vocab) computed as generate's decode steps do: one token at a time through a KV cache
-    (with Q8_0/Q4_0 weights, the path whose activations are quantized to 8 bits as llama.cpp's are)."""
-    cache = init_cache(config, 1, len(ids))
+    (with Q8_0/Q4_0 weights, the path whose activations are quantized to 8 bits as llama.cpp's are); use_kernel:
+    the compiled decode step (kernels/decode.py), else the NumPy path of model.forward."""
+    cache = init_cache(config, 1, len(ids), use_kernel=use_kernel)
     return np.concatenate([forward(params, config, np.array([[i]]), cache)[0] for i in ids])  # (T, vocab)
 
 

@@ -246,6 +246,23 @@ def test_integer_sums_do_not_overflow(qtype):
     assert np.allclose(matmul_reference(x, w), expected, rtol=1e-6)
 
 
+@settings(max_examples=20, deadline=None)
+@given(qtype=st.sampled_from(TYPES), R=st.integers(1, 40), N=st.integers(1, 3), min_weights=st.integers(1, 3000))
+def test_rows_split_over_threads_give_the_same_bits(qtype, R, N, min_weights):
+    """The kernels cut the rows into blocks of >= min_weights weights for Numba's threads; each row is computed the
+    same way in any block, so the result is bit-identical to one thread's."""
+    rng = np.random.default_rng(R * 7 + N)
+    w = QuantizedTensor.from_float(rng.standard_normal((R, 64)).astype(np.float32), qtype)
+    x = rng.standard_normal((N, 64)).astype(np.float32)
+    kernel = qk.q8_0_matmul if qtype == Q8_0 else qk.q4_0_matmul
+    serial, split = np.empty((N, R), np.float32), np.empty((N, R), np.float32)
+    kernel(x, w.qs, w.d, serial, qk.SERIAL)
+    kernel(x, w.qs, w.d, split, min_weights)
+    assert qk.n_chunks(R, 64, min_weights) == max(1, min(R, R * 64 // min_weights))
+    np.testing.assert_array_equal(split, serial)
+    np.testing.assert_allclose(serial, matmul_reference(x, w), rtol=1e-5, atol=1e-4)
+
+
 @pytest.mark.parametrize("qtype", TYPES)
 def test_kernels_take_any_layout_and_reject_bad_shapes(qtype):
     rng = np.random.default_rng(2)
@@ -262,11 +279,11 @@ def test_kernels_take_any_layout_and_reject_bad_shapes(qtype):
     kernel = qk.q8_0_matmul if qtype == Q8_0 else qk.q4_0_matmul
     qs, d = w_all[0].qs, w_all[0].d
     with pytest.raises(ValueError, match="shapes disagree"):  # checked inside the kernel, before any read
-        kernel(np.zeros((2, 64), np.float32), qs, d[:3], np.zeros((2, 6), np.float32))
+        kernel(np.zeros((2, 64), np.float32), qs, d[:3], np.zeros((2, 6), np.float32), qk.SERIAL)
     with pytest.raises(ValueError, match="shapes disagree"):
-        kernel(np.zeros((2, 64), np.float32), qs, d, np.zeros((2, 5), np.float32))
+        kernel(np.zeros((2, 64), np.float32), qs, d, np.zeros((2, 5), np.float32), qk.SERIAL)
     with pytest.raises(TypeError):  # explicit signatures: float64 or non-contiguous arrays are not accepted
-        kernel(np.zeros((2, 64)), qs, d, np.zeros((2, 6), np.float32))
+        kernel(np.zeros((2, 64)), qs, d, np.zeros((2, 6), np.float32), qk.SERIAL)
     rows = np.empty((3, 64), np.float32)
     assert np.array_equal(qk.dequantize_rows(w_all[5], 2, 5, rows), w_all[5].dequantize()[2:5])  # bit-exact
     for r0, r1 in [(4, 2), (-1, 2), (0, 7), (0, 4)]:  # backwards, negative, past the end, more rows than out

@@ -1,61 +1,148 @@
-"""The MoE layer for a few tokens (decode) in one compiled call: router, top-k, gates and the selected experts.
+"""One decode step of the whole model in compiled code: the fast twin of ``model.forward`` for one new token.
 
-``minigrok.moe.moe`` is written for many tokens: it groups the tokens by expert and makes one matrix product per
-expert, which is what a prefill needs. For the single token of a decode step that costs ~30 NumPy calls per layer
-(router, softmax, argsort, a ``nonzero`` for each of the num_experts experts, three products and the GELU for each
-selected expert, the gated sum), each with its Python and dispatch overhead, while the useful work is to read the
-top_k experts' weights once. ``moe_decode`` (Numba) does that work in one call: per token, the router logits and
-softmax, the top-k by repeated arg-max (ties to the lowest id, as ``route``'s stable sort), then for each selected
-expert one pass over the rows of ``gate`` and ``up`` together (both read against the same x), the GELU, and the
-``down`` product added into the output with its gate. ``moe_decode_numpy`` is its NumPy twin, the same algorithm
-token by token; tests/test_decode_kernels.py ties the two to each other and to ``minigrok.moe.moe``.
+A decode step reads every active weight once and does little arithmetic with it, so its speed is set by how fast
+the weights stream from memory and, for a small model, by how many Python and NumPy calls it makes: the readable
+``model.forward`` makes about 60 per layer for one token (norms, four projections, RoPE, the KV cache, softmax,
+the router, top-k, each expert), each with microseconds of dispatch. This module makes two compiled calls a layer::
 
-Q8_0/Q4_0 experts run the same loop with the integer matrix-vector kernels of quant_kernels.py for the three
-products. Float32 and quantized weights go to a kernel; anything else (float64 in gradient checks) is passed to
-``minigrok.moe.moe`` unchanged, so ``moe_decode`` can stand in for ``moe`` everywhere.
+    scores = attention_scores(x, ...)   # RMSNorm, q/k/v projections, RoPE, k/v into the cache, q·k of visible slots
+    probs = softmax(softcap(scores))    # NumPy in between: its tanh and exp are SIMD, Numba's are scalar calls
+    layer_rest(x, probs, ...)           # probs @ v, output projection, norms, residuals, router, top-k, 2 experts
 
-The kernels run on one thread. Splitting each product's rows over Numba threads (``prange``) was measured on 2
-cores: alone, the MoE of a decode step of the large bench model took 1.65x less time at Q8_0/Q4_0; inside the
-decode loop it lost (shipped model 540 -> 330 tok/s, with OpenBLAS's threads also spinning 540 -> 71): launching a
-parallel region per product costs more than a small product, and two thread pools fight over two cores.
+and one more for the final norm and the logits. Every product in them is ``matvec``, compiled once for each weight
+type: a float32 loop for F32, the integer kernels of quant_kernels.py for Q8_0 and Q4_0 (activations quantized to
+8 bits per block, as llama.cpp does). A product of many weights splits its rows over Numba's threads.
+
+The NumPy twin is ``model.forward`` itself (``init_cache(..., use_kernel=False)`` runs it for decode steps too);
+tests/test_decode_kernels.py checks that both give the same logits, step after step, for F32, Q8_0 and Q4_0
+weights, every attention pattern and several head and expert shapes. ``decode_step`` is used by ``forward`` for
+one token of one sequence with a cache whose use_kernel is on, when every weight is float32 or Q8_0/Q4_0.
 """
 
 from __future__ import annotations
 
 import math
+import operator
 
-import numba
 import numpy as np
+from numba import float32, njit, prange, types
+from numba.extending import overload
 
-from ..layers import gelu_tanh, softmax
-from ..moe import moe
-from ..quant import Q8_0, QuantizedTensor, matmul_reference
-from .quant_kernels import q4_0_matmul, q8_0_matmul
+from ..attention import CacheStep, KVCache, sink_query_positions
+from ..config import ModelConfig
+from ..layers import rope_tables
+from ..quant import QuantizedTensor
+from .attention_kernels import _scores, _visible_slots, _weighted_values, pattern_code
+from .quant_kernels import FASTMATH, SERIAL, n_chunks, q4_0_matmul, q8_0_matmul
+
+# Threads. A parallel region costs microseconds to start, and right after a prefill OpenBLAS's idle threads spin
+# for ~0.1 s: a third busy thread on two cores made the shipped model's decode steps (~1 ms) 2x slower. So only
+# a model with at least THREADED_MODEL_WEIGHTS active weights per token (the large bench model: 126 M; the shipped
+# one: 4.4 M) splits its products over Numba's threads, in blocks of at least PARALLEL_BLOCK weights.
+THREADED_MODEL_WEIGHTS = 1 << 24
+PARALLEL_BLOCK = 1 << 19
 
 _SQRT_2_OVER_PI = np.float32(math.sqrt(2.0 / math.pi))
 _GELU_A = np.float32(0.044715)  # float32 constants keep the kernel's arithmetic in float32
 
 
-@numba.njit(cache=True, fastmath=True)
-def _dot(w_row, x):
-    """float32 dot product of two (n,) rows; fastmath lets LLVM reorder the sum into SIMD lanes."""
-    s = np.float32(0.0)
-    for k in range(x.shape[0]):
-        s += w_row[k] * x[k]
-    return s
+# ---- matrix-vector products for every weight type -----------------------------------------------------------------
+# In compiled code a weight is either a float32 (R, K) array or, for Q8_0/Q4_0, the tuple (qs, d) of its quants
+# ((R, K) int8 or (R, K // 2) uint8) and float32 block scales (R, K // 32): see kernel_weight.
+@njit(cache=True, fastmath=FASTMATH)
+def _f32_rows(x, w, out, r0, r1):
+    """out[0, r] = w[r] · x[0] for rows r0..r1-1; a float32 loop LLVM vectorizes (sums reordered, fastmath)."""
+    for r in range(r0, r1):
+        acc = float32(0)
+        for k in range(x.shape[1]):
+            acc += w[r, k] * x[0, k]
+        out[0, r] = acc
 
 
-@numba.njit(cache=True)
-def _route_one(logits, top_k, renormalize, expert_ids, gates):
-    """Softmax of one token's router logits (num_experts,), then its top_k experts and gates, written in place."""
-    m = logits.max()
-    probs = np.exp(logits - m)
+@njit(cache=True, fastmath=FASTMATH, parallel=True)
+def f32_matvec(x, w, out, min_weights):
+    """out (1, R) = x (1, K) @ w.T for a float32 w (R, K); rows split over threads in blocks of >= min_weights."""
+    R, K = w.shape
+    chunks = n_chunks(R, K, min_weights)
+    if chunks == 1:
+        _f32_rows(x, w, out, 0, R)
+    else:
+        for c in prange(chunks):
+            _f32_rows(x, w, out, c * R // chunks, (c + 1) * R // chunks)
+
+
+def matvec(w, x, out, min_weights):
+    """out (1, R) = x (1, K) @ W.T for a weight W (R, K) of any type, its rows split over Numba's threads in
+    blocks of at least min_weights weights (compiled code only; see the overload)."""
+    raise NotImplementedError("matvec runs inside Numba-compiled functions only")
+
+
+def expert(w, e):
+    """Expert e of a stacked (num_experts, R, K) weight of any type (compiled code only; see the overload)."""
+    raise NotImplementedError("expert runs inside Numba-compiled functions only")
+
+
+@overload(matvec)
+def _matvec_for(w, x, out, min_weights):
+    if isinstance(w, types.Array):
+        return lambda w, x, out, min_weights: f32_matvec(x, w, out, min_weights)
+    if w[0].dtype == types.int8:
+        return lambda w, x, out, min_weights: q8_0_matmul(x, w[0], w[1], out, min_weights)
+    return lambda w, x, out, min_weights: q4_0_matmul(x, w[0], w[1], out, min_weights)
+
+
+@overload(expert)
+def _expert_for(w, e):
+    if isinstance(w, types.Array):
+        return lambda w, e: w[e]
+    return lambda w, e: (w[0][e], w[1][e])
+
+
+def n_rows(w):
+    """R, the output width of a weight (..., R, K) of any type (compiled code only; see the overload)."""
+    raise NotImplementedError("n_rows runs inside Numba-compiled functions only")
+
+
+@overload(n_rows)
+def _n_rows_for(w):
+    if isinstance(w, types.Array):
+        return lambda w: w.shape[-2]
+    return lambda w: w[0].shape[-2]
+
+
+# ---- the pieces of a layer ------------------------------------------------------------------------------------------
+@njit(cache=True, fastmath=FASTMATH)
+def _rms_norm(x, weight, eps, out):
+    """out (1, d) = weight * x / sqrt(mean(x²) + eps), as layers.rms_norm."""
+    ms = float32(0)
+    for i in range(x.shape[1]):
+        ms += x[0, i] * x[0, i]
+    inv = float32(1) / np.sqrt(ms / float32(x.shape[1]) + float32(eps))
+    for i in range(x.shape[1]):
+        out[0, i] = weight[i] * (x[0, i] * inv)
+
+
+@njit(cache=True)
+def _rope(x, cos, sin, out):
+    """out (H, hd) = x (H, hd) rotated in the rotate-half layout, as layers.apply_rope (cos, sin (hd / 2,))."""
+    half = x.shape[1] // 2
+    for h in range(x.shape[0]):
+        for i in range(half):
+            x1, x2 = x[h, i], x[h, i + half]
+            out[h, i] = x1 * cos[i] - x2 * sin[i]
+            out[h, i + half] = x2 * cos[i] + x1 * sin[i]
+
+
+@njit(cache=True)
+def _route(logits, top_k, renormalize, expert_ids, gates):
+    """Softmax of the router logits (num_experts,), then the top_k experts and gates, as moe.route, in place."""
+    probs = np.exp(logits - logits.max())
     probs /= probs.sum()
     taken = np.zeros(probs.shape[0], np.bool_)
-    total = np.float32(0.0)
+    total = float32(0)
     for j in range(top_k):
         best = -1
-        for e in range(probs.shape[0]):  # strict >: the lowest id wins a tie, as a stable sort of -probs
+        for e in range(probs.shape[0]):  # strict >: the lowest id wins a tie, as route's stable sort of -probs
             if not taken[e] and (best < 0 or probs[e] > probs[best]):
                 best = e
         taken[best] = True
@@ -67,165 +154,179 @@ def _route_one(logits, top_k, renormalize, expert_ids, gates):
             gates[j] /= total
 
 
-@numba.njit(cache=True, fastmath=True)
-def _moe_decode_kernel(x, w_router, w_gate_exps, w_up_exps, w_down_exps, top_k, renormalize, out):
-    n_tokens, d_model = x.shape
-    num_experts, d_ff = w_router.shape[0], w_gate_exps.shape[1]
-    logits = np.empty(num_experts, np.float32)
-    hidden = np.empty(d_ff, np.float32)
-    expert_ids = np.empty(top_k, np.int64)
-    gates = np.empty(top_k, np.float32)
-    for t in range(n_tokens):
-        xt = x[t]
-        for e in range(num_experts):
-            logits[e] = _dot(w_router[e], xt)
-        _route_one(logits, top_k, renormalize, expert_ids, gates)
-        for j in range(top_k):
-            e = expert_ids[j]
-            for f in range(d_ff):  # gate and up rows f, read together against the same x
-                g_row, u_row = w_gate_exps[e, f], w_up_exps[e, f]
-                a = np.float32(0.0)
-                b = np.float32(0.0)
-                for k in range(d_model):
-                    a += g_row[k] * xt[k]
-                    b += u_row[k] * xt[k]
-                gelu = np.float32(0.5) * a * (np.float32(1.0) + math.tanh(_SQRT_2_OVER_PI * (a + _GELU_A * a * a * a)))
-                hidden[f] = gelu * b  # gelu_tanh(x @ gate.T) * (x @ up.T), one element
-            for o in range(d_model):
-                out[t, o] += gates[j] * _dot(w_down_exps[e, o], hidden)
+@njit(cache=True, fastmath=FASTMATH)
+def _sigmoid(z):
+    """1 / (1 + e^-z). Written with exp, which LLVM vectorizes here, where a tanh loop stays ~3x slower."""
+    return float32(1) / (float32(1) + math.exp(-z))
 
 
-@numba.njit(cache=True)
-def _geglu_row(a, b, hidden):
-    """hidden[0] = gelu_tanh(a[0]) * b[0], elementwise over (1, d_ff) rows."""
-    for f in range(a.shape[1]):
-        g = a[0, f]
-        hidden[0, f] = np.float32(0.5) * g * (np.float32(1.0) + math.tanh(_SQRT_2_OVER_PI * (g + _GELU_A * g * g * g)))
-        hidden[0, f] *= b[0, f]
+@njit(cache=True, fastmath=FASTMATH)
+def _softcap_softmax(scores, multiplier, cap):
+    """In place on raw q·k scores (n_heads, n): softmax over n of cap * tanh(multiplier * s / cap) (cap 0: no cap),
+    as layers.softcap and layers.softmax, with tanh(y) = 2 sigmoid(2y) - 1."""
+    for g in range(scores.shape[0]):
+        row = scores[g]  # (n,)
+        for m in range(row.shape[0]):
+            s = row[m] * multiplier
+            row[m] = cap * (float32(2) * _sigmoid(float32(2) * s / cap) - float32(1)) if cap > 0 else s
+        top = row.max()
+        total = float32(0)
+        for m in range(row.shape[0]):
+            row[m] = math.exp(row[m] - top)
+            total += row[m]
+        for m in range(row.shape[0]):
+            row[m] /= total
 
 
-# Two copies of one loop, for Q8_0 and Q4_0 weights: Numba types both branches of an ``if``, and the two integer
-# kernels (minigrok/kernels/quant_kernels.py) take quants of different dtypes (int8, uint8).
-@numba.njit(cache=True)
-def _moe_decode_q8_0_kernel(x, w_router, gate_qs, gate_d, up_qs, up_d, down_qs, down_d, top_k, renormalize, out):
-    n_tokens, d_model = x.shape
-    num_experts, d_ff = w_router.shape[0], gate_qs.shape[1]
-    logits = np.empty(num_experts, np.float32)
-    expert_ids, gates = np.empty(top_k, np.int64), np.empty(top_k, np.float32)
-    xt, y = np.empty((1, d_model), np.float32), np.empty((1, d_model), np.float32)
-    a, b, hidden = np.empty((1, d_ff), np.float32), np.empty((1, d_ff), np.float32), np.empty((1, d_ff), np.float32)
-    for t in range(n_tokens):
-        xt[0] = x[t]
-        for e in range(num_experts):
-            logits[e] = _dot(w_router[e], x[t])
-        _route_one(logits, top_k, renormalize, expert_ids, gates)
-        for j in range(top_k):
-            e = expert_ids[j]
-            q8_0_matmul(xt, gate_qs[e], gate_d[e], a)  # (1, d_ff)
-            q8_0_matmul(xt, up_qs[e], up_d[e], b)  # (1, d_ff)
-            _geglu_row(a, b, hidden)
-            q8_0_matmul(hidden, down_qs[e], down_d[e], y)  # (1, d_model)
-            for o in range(d_model):
-                out[t, o] += gates[j] * y[0, o]
+@njit(cache=True, fastmath=FASTMATH)
+def decode_layer(x, w, cos, sin, cos_sink, sin_sink, k_cache, v_cache, slot, idx, sink, hp, top_k, min_par):
+    """One decoder layer for one token, adding into the residual stream x (1, d_model) in place.
 
-
-@numba.njit(cache=True)
-def _moe_decode_q4_0_kernel(x, w_router, gate_qs, gate_d, up_qs, up_d, down_qs, down_d, top_k, renormalize, out):
-    n_tokens, d_model = x.shape
-    num_experts, d_ff = w_router.shape[0], gate_qs.shape[1]
-    logits = np.empty(num_experts, np.float32)
-    expert_ids, gates = np.empty(top_k, np.int64), np.empty(top_k, np.float32)
-    xt, y = np.empty((1, d_model), np.float32), np.empty((1, d_model), np.float32)
-    a, b, hidden = np.empty((1, d_ff), np.float32), np.empty((1, d_ff), np.float32), np.empty((1, d_ff), np.float32)
-    for t in range(n_tokens):
-        xt[0] = x[t]
-        for e in range(num_experts):
-            logits[e] = _dot(w_router[e], x[t])
-        _route_one(logits, top_k, renormalize, expert_ids, gates)
-        for j in range(top_k):
-            e = expert_ids[j]
-            q4_0_matmul(xt, gate_qs[e], gate_d[e], a)  # (1, d_ff)
-            q4_0_matmul(xt, up_qs[e], up_d[e], b)  # (1, d_ff)
-            _geglu_row(a, b, hidden)
-            q4_0_matmul(hidden, down_qs[e], down_d[e], y)  # (1, d_model)
-            for o in range(d_model):
-                out[t, o] += gates[j] * y[0, o]
-
-
-def _quant_arrays(w: QuantizedTensor) -> tuple[np.ndarray, np.ndarray]:
-    return np.ascontiguousarray(w.qs), np.ascontiguousarray(w.d, dtype=np.float32)
-
-
-def _kernel_applies(*arrays) -> bool:
-    return all(isinstance(a, np.ndarray) and a.dtype == np.float32 and a.flags.c_contiguous for a in arrays)
-
-
-def moe_decode(x, w_router, w_gate_exps, w_up_exps, w_down_exps, top_k: int, renormalize: bool) -> np.ndarray:
-    """``minigrok.moe.moe`` for a few tokens, in one Numba call: same arguments, same result (to float32 rounding).
-
-    x (N, d_model); w_router (num_experts, d_model); w_gate_exps, w_up_exps (num_experts, d_ff, d_model);
-    w_down_exps (num_experts, d_model, d_ff) -> (N, d_model) float32. Meant for decode (N = batch size); for a
-    prefill, ``moe`` (one matrix product per expert) is faster. Expert weights may be float32 or Q8_0/Q4_0
-    (``QuantizedTensor``, multiplied by the integer kernels of quant_kernels.py, activations quantized to 8 bits
-    as in ``quant.quantized_linear``); x and the router must be C-contiguous float32. Anything else (float64 in
-    gradient checks, mixed types) goes to ``moe`` itself.
-
-    Raises:
-        ValueError: shapes that do not fit together, or top_k outside 1..num_experts (checked before the kernel).
+    w: the layer's 12 weights in kernel form, in the order of _LAYER_TENSORS. cos, sin (hd / 2,): RoPE at the
+    token's position; cos_sink, sin_sink: at the position its query takes against the sink keys. k_cache, v_cache
+    (1, n_kv_heads, C, hd): the new key (after RoPE) and value go to ``slot``, then attention reads the visible
+    slots idx (n,), of which ``sink`` (n,) are sinks. hp (4,) float32: rms_eps, attention_multiplier,
+    attn_logit_softcap, renormalize_gates (0/1). Same steps as model.forward (layers.py, attention.py, moe.py).
     """
-    experts = (w_gate_exps, w_up_exps, w_down_exps)
-    quantized = all(isinstance(w, QuantizedTensor) and w.type == w_gate_exps.type for w in experts)
-    if not (_kernel_applies(x, w_router) and (quantized or _kernel_applies(*experts))):
-        return moe(x, w_router, w_gate_exps, w_up_exps, w_down_exps, top_k, renormalize)
-    _check_shapes(x, w_router, w_gate_exps, w_up_exps, w_down_exps, top_k)
-    out = np.zeros_like(x)  # (N, d_model)
-    if quantized:
-        kernel = _moe_decode_q8_0_kernel if w_gate_exps.type == Q8_0 else _moe_decode_q4_0_kernel
-        arrays = [a for w in experts for a in _quant_arrays(w)]
-        kernel(x, w_router, *arrays, int(top_k), bool(renormalize), out)
-    else:
-        _moe_decode_kernel(x, w_router, *experts, int(top_k), bool(renormalize), out)
-    return out
+    attn_norm, wq, wk, wv, wo, attn_out_norm, ffn_norm, router, gate, up, down, out_norm = w
+    eps, multiplier, cap, renorm = hp[0], hp[1], hp[2], hp[3] > 0
+    n_kv, hd = k_cache.shape[1], k_cache.shape[3]
+    n_heads, d_ff, d_model = n_rows(wq) // hd, n_rows(gate), x.shape[1]
+    # attention: h = RMSNorm(x); q, k, v = h @ W.T; RoPE; k, v into the cache
+    h = np.empty_like(x)  # (1, d_model)
+    _rms_norm(x, attn_norm, eps, h)
+    q = np.empty((1, n_heads * hd), np.float32)  # (1, n_heads * hd), before RoPE
+    k = np.empty((1, n_kv * hd), np.float32)  # (1, n_kv * hd)
+    v = np.empty((1, n_kv * hd), np.float32)  # (1, n_kv * hd)
+    matvec(wq, h, q, min_par)
+    matvec(wk, h, k, min_par)
+    matvec(wv, h, v, min_par)
+    q_rot = np.empty((1, n_heads, hd), np.float32)  # (1, n_heads, hd)
+    q_sink = np.empty((1, n_heads, hd), np.float32)  # (1, n_heads, hd): the query as the sink keys see it
+    _rope(q.reshape(n_heads, hd), cos, sin, q_rot[0])
+    _rope(q.reshape(n_heads, hd), cos_sink, sin_sink, q_sink[0])
+    _rope(k.reshape(n_kv, hd), cos, sin, k_cache[0, :, slot])  # keys are cached after RoPE
+    v_cache[0, :, slot] = v.reshape(n_kv, hd)
+    probs = _scores(q_rot, q_sink, k_cache, idx, sink)  # (1, n_heads, n) raw q·k
+    _softcap_softmax(probs[0], multiplier, cap)
+    attn = _weighted_values(probs, v_cache, idx)  # (1, n_heads, hd)
+    y = np.empty_like(x)  # (1, d_model)
+    matvec(wo, attn.reshape(1, -1), y, min_par)
+    _rms_norm(y, attn_out_norm, eps, h)
+    x += h
+    # MoE: router logits, softmax, top_k experts, each down(gelu(h @ gate.T) * (h @ up.T)), gated sum
+    _rms_norm(x, ffn_norm, eps, h)
+    logits = np.empty((1, n_rows(router)), np.float32)  # (1, num_experts) router logits
+    matvec(router, h, logits, min_par)
+    expert_ids, gates = np.empty(top_k, np.int64), np.empty(top_k, np.float32)
+    _route(logits[0], top_k, renorm, expert_ids, gates)
+    a = np.empty((1, d_ff), np.float32)  # (1, d_ff)
+    b = np.empty((1, d_ff), np.float32)  # (1, d_ff)
+    moe_out = np.zeros_like(x)  # (1, d_model)
+    for j in range(top_k):
+        e = expert_ids[j]
+        matvec(expert(gate, e), h, a, min_par)
+        matvec(expert(up, e), h, b, min_par)
+        for f in range(d_ff):  # GeGLU in place: gelu_tanh(a) * b, with 0.5 (1 + tanh(z)) = sigmoid(2z)
+            g = a[0, f]
+            a[0, f] = g * _sigmoid(float32(2) * _SQRT_2_OVER_PI * (g + _GELU_A * g * g * g)) * b[0, f]
+        matvec(expert(down, e), a, y, min_par)
+        for o in range(d_model):
+            moe_out[0, o] += gates[j] * y[0, o]
+    _rms_norm(moe_out, out_norm, eps, h)
+    x += h
 
 
-def moe_decode_numpy(x, w_router, w_gate_exps, w_up_exps, w_down_exps, top_k: int, renormalize: bool) -> np.ndarray:
-    """The NumPy twin of :func:`moe_decode`: the same steps, token by token, expert by expert. Same shapes."""
-    _check_shapes(x, w_router, w_gate_exps, w_up_exps, w_down_exps, top_k)
-    out = np.zeros_like(x)  # (N, d_model)
-    for t in range(x.shape[0]):
-        probs = softmax(w_router @ x[t])  # (num_experts,)
-        expert_ids = np.argsort(-probs, kind="stable")[:top_k]  # (top_k,), ties to the lowest id
-        gates = probs[expert_ids] / (probs[expert_ids].sum() if renormalize else 1)  # (top_k,)
-        for e, gate in zip(expert_ids, gates, strict=True):
-            hidden = gelu_tanh(_matvec(w_gate_exps[e], x[t])) * _matvec(w_up_exps[e], x[t])  # (d_ff,)
-            out[t] += gate * _matvec(w_down_exps[e], hidden)  # (d_model,)
-    return out
+@njit(cache=True)
+def final_logits(x, output_norm, token_embd, eps, multiplier, min_par):
+    """(1, vocab_size) = multiplier * (final RMSNorm(x) @ token_embd.T): the tied unembedding."""
+    h = np.empty_like(x)  # (1, d_model)
+    _rms_norm(x, output_norm, eps, h)
+    logits = np.empty((1, token_embd.shape[0]), np.float32)  # (1, vocab_size)
+    matvec(token_embd, h, logits, min_par)
+    return logits * float32(multiplier)
 
 
-def _matvec(w, v: np.ndarray) -> np.ndarray:
-    """w (R, K) @ v (K,) -> (R,); a quantized w as quant.matmul_reference computes it (v quantized to 8 bits)."""
-    return matmul_reference(v[None], w)[0] if isinstance(w, QuantizedTensor) else w @ v
+# ---- Python side ----------------------------------------------------------------------------------------------------
+def kernel_weight(w):
+    """A weight as the compiled code takes it: a C-contiguous float32 array, or (qs, d) for Q8_0/Q4_0; None for
+    anything else (float64 in gradient checks), which makes ``forward`` take the NumPy path."""
+    if isinstance(w, QuantizedTensor):
+        return (w.qs, w.d) if w.qs.flags.c_contiguous and w.d.flags.c_contiguous else None
+    if isinstance(w, np.ndarray) and w.dtype == np.float32 and w.flags.c_contiguous:
+        return w
+    return None
 
 
-def _check_shapes(x, w_router, w_gate_exps, w_up_exps, w_down_exps, top_k: int) -> None:
-    """ValueError unless the shapes are those of one MoE layer and 1 <= top_k <= num_experts."""
+_LAYER_TENSORS = (
+    "attn_norm",
+    "attn_q",
+    "attn_k",
+    "attn_v",
+    "attn_output",
+    "attn_output_norm",
+    "ffn_norm",
+    "ffn_gate_inp",
+    "ffn_gate_exps",
+    "ffn_up_exps",
+    "ffn_down_exps",
+    "layer_output_norm",
+)
 
-    def shape(a) -> tuple[int, ...]:
-        return tuple(a.shape) if isinstance(a, QuantizedTensor) else np.shape(a)
 
-    num_experts, d_model = shape(w_router)
-    d_ff = shape(w_gate_exps)[1] if len(shape(w_gate_exps)) == 3 else -1
-    expected = {
-        "x": (shape(x)[0] if len(shape(x)) == 2 else -1, d_model),
-        "w_gate_exps": (num_experts, d_ff, d_model),
-        "w_up_exps": (num_experts, d_ff, d_model),
-        "w_down_exps": (num_experts, d_model, d_ff),
-    }
-    for name, array in (("x", x), ("w_gate_exps", w_gate_exps), ("w_up_exps", w_up_exps), ("w_down_exps", w_down_exps)):
-        if shape(array) != expected[name]:
-            raise ValueError(
-                f"{name} has shape {shape(array)}, expected {expected[name]} for a router of shape "
-                f"{shape(w_router)} (num_experts, d_model)"
-            )
-    if not 1 <= top_k <= num_experts:
-        raise ValueError(f"top_k must be in 1..{num_experts} (num_experts), got {top_k}")
+_last: list = [None, None]  # [the weights kernel_weights last looked at, its answer]: one per generation, not step
+
+
+def kernel_weights(params: dict, config: ModelConfig) -> tuple[list[tuple], int] | None:
+    """(per layer its 12 weights in kernel form (see kernel_weight), min_weights for matvec), or None if a weight
+    has no kernel. Norms, the router and the token embedding must be float32 arrays; projections and experts
+    float32 or Q8_0/Q4_0. The answer for the same weight objects is remembered (checking costs microseconds)."""
+    names = [f"blk.{i}.{name}.weight" for i in range(config.n_layers) for name in _LAYER_TENSORS]
+    names += ["token_embd.weight", "output_norm.weight"]
+    objects = [params[n] for n in names]
+    if _last[0] is not None and len(_last[0]) == len(objects) and all(map(operator.is_, _last[0], objects)):
+        return _last[1]
+    _last[:] = objects, _kernel_weights(params, config)
+    return _last[1]
+
+
+def _kernel_weights(params: dict, config: ModelConfig) -> tuple[list[tuple], int] | None:
+    layers = []
+    for i in range(config.n_layers):
+        weights = tuple(kernel_weight(params[f"blk.{i}.{name}.weight"]) for name in _LAYER_TENSORS)
+        if any(w is None for w in weights) or any(isinstance(weights[j], tuple) for j in (0, 5, 6, 7, 11)):
+            return None
+        layers.append(weights)
+    if not all(isinstance(kernel_weight(params[n]), np.ndarray) for n in ("token_embd.weight", "output_norm.weight")):
+        return None
+    return layers, (PARALLEL_BLOCK if config.n_active_params() >= THREADED_MODEL_WEIGHTS else SERIAL)
+
+
+def decode_step(params: dict, config: ModelConfig, token: int, cache: KVCache, step: CacheStep, weights) -> np.ndarray:
+    """Logits (vocab_size,) float32 for one new token of a batch-1 sequence, written to the cache as ``step`` says.
+
+    params, config as for model.forward; token an id in [0, vocab_size); cache a KVCache with batch size 1 and
+    step = cache.begin(1) (a write-first step; the caller commits it); weights = kernel_weights(params, config).
+    The same computation as model.forward on (1, 1) tokens, to float32 rounding (tests/test_decode_kernels.py).
+    """
+    layers, min_par = weights
+    position = int(step.positions[0])
+    cos, sin = rope_tables([position], config.head_dim, config.rope_theta)  # (1, hd / 2) each
+    sink_pos = sink_query_positions(config.pattern, step.positions)  # (1,) or None
+    cos_s, sin_s = (cos, sin) if sink_pos is None else rope_tables(sink_pos, config.head_dim, config.rope_theta)
+    k_pos = step.after[: step.n_read]  # (S,) positions of the slots attention reads
+    idx, sink = _visible_slots(k_pos, position, pattern_code(config.pattern))  # (n,), (n,)
+    slot = int(step.slots[0])
+    x = params["token_embd.weight"][token][None] * np.float32(config.embedding_multiplier)  # (1, d_model)
+    hp = np.array(
+        [config.rms_eps, config.attention_multiplier, config.attn_logit_softcap, config.renormalize_gates], np.float32
+    )
+    for i, w in enumerate(layers):
+        decode_layer(
+            x, w, cos[0], sin[0], cos_s[0], sin_s[0], cache.k[i], cache.v[i], slot, idx, sink, hp, config.top_k, min_par
+        )
+    embd, norm = params["token_embd.weight"], params["output_norm.weight"]
+    logits = final_logits(
+        x, norm, embd, np.float32(config.rms_eps), config.output_multiplier, min_par
+    )  # (1, vocab_size)
+    return logits[0]  # (vocab_size,)

@@ -23,7 +23,7 @@ that the shapes agree and raises ValueError before any loop runs: no read is out
 from __future__ import annotations
 
 import numpy as np
-from numba import float32, int16, int32, njit
+from numba import float32, int16, int32, njit, prange
 
 from ..quant import Q8_0, QK, QuantizedTensor
 
@@ -31,6 +31,7 @@ from ..quant import Q8_0, QK, QuantizedTensor
 # roundings are the exact IEEE ones of the NumPy reference, and no "nnan"/"ninf".
 FASTMATH = {"reassoc", "contract", "nsz"}
 FLT_MIN = np.float32(np.finfo(np.float32).tiny)
+SERIAL = 1 << 62  # a min_weights that keeps every product on one thread
 
 
 @njit(cache=True, fastmath=FASTMATH)
@@ -56,9 +57,42 @@ def _quantize_activations(x):
     return q, d
 
 
-@njit("void(float32[:, ::1], int8[:, ::1], float32[:, ::1], float32[:, ::1])", cache=True, fastmath=FASTMATH)
-def q8_0_matmul(x, qs, d, out):
-    """out (N, R) = x (N, K) @ W.T for a Q8_0 weight W (R, K) given as qs (R, K) int8 and d (R, K // 32) float32."""
+@njit(cache=True)
+def n_chunks(R, K, min_weights):
+    """Into how many blocks of rows an (R, K) product is cut for Numba's threads: one per min_weights weights
+    (``prange`` deals the blocks out evenly to the threads). 1 = no parallel region: starting one costs a few
+    microseconds, more than a small product saves. (numba.get_num_threads() would stop the kernels from being
+    cached, so the count does not depend on the threads.)"""
+    return max(1, min(R, R * K // min_weights))
+
+
+@njit(cache=True, fastmath=FASTMATH)
+def _q8_0_rows(xq, dx, qs, d, out, r0, r1):
+    """out[:, r0:r1] for Q8_0 rows r0..r1-1, activations already quantized (xq (N, K) int8, dx (N, K // 32))."""
+    N, K = xq.shape
+    n_blocks = K // QK
+    scale = np.empty(n_blocks, np.float32)  # (n_blocks,): weight scale * activation scale of each block
+    for r in range(r0, r1):
+        w = qs[r]  # (K,) int8
+        for n in range(N):
+            xn = xq[n]  # (K,) int8
+            for b in range(n_blocks):
+                scale[b] = d[r, b] * dx[n, b]
+            acc = float32(0)
+            for k in range(K):
+                acc += float32(int16(int16(w[k]) * int16(xn[k]))) * scale[k >> 5]
+            out[n, r] = acc
+
+
+@njit(
+    "void(float32[:, ::1], int8[:, ::1], float32[:, ::1], float32[:, ::1], int64)",
+    cache=True,
+    fastmath=FASTMATH,
+    parallel=True,
+)
+def q8_0_matmul(x, qs, d, out, min_weights):
+    """out (N, R) = x (N, K) @ W.T for a Q8_0 weight W (R, K) given as qs (R, K) int8 and d (R, K // 32) float32.
+    Rows are split over Numba's threads in blocks of at least min_weights weights (SERIAL: one thread)."""
     N, K = x.shape
     R = qs.shape[0]
     n_blocks = K // QK
@@ -72,23 +106,45 @@ def q8_0_matmul(x, qs, d, out):
     ):
         raise ValueError("q8_0_matmul: shapes disagree; need x (N, K), qs (R, K), d (R, K/32), out (N, R), 32 | K")
     xq, dx = _quantize_activations(x)  # (N, K) int8, (N, n_blocks)
-    scale = np.empty(n_blocks, np.float32)  # (n_blocks,): weight scale * activation scale of each block
-    for r in range(R):
-        w = qs[r]  # (K,) int8
+    chunks = n_chunks(R, K, min_weights)
+    if chunks == 1:
+        _q8_0_rows(xq, dx, qs, d, out, 0, R)
+    else:
+        for c in prange(chunks):  # each thread its own block of rows
+            _q8_0_rows(xq, dx, qs, d, out, c * R // chunks, (c + 1) * R // chunks)
+
+
+@njit(cache=True, fastmath=FASTMATH)
+def _q4_0_rows(x_lo, x_hi, dx, qs, d, out, r0, r1):
+    """out[:, r0:r1] for Q4_0 rows r0..r1-1, given the activation halves x_lo, x_hi (N, K // 2) int8 and dx."""
+    N, half = x_lo.shape
+    n_blocks = half // (QK // 2)
+    scale = np.empty(n_blocks, np.float32)
+    for r in range(r0, r1):
+        w = qs[r]  # (K / 2,) uint8
         for n in range(N):
-            xn = xq[n]  # (K,) int8
+            lo, hi = x_lo[n], x_hi[n]
             for b in range(n_blocks):
                 scale[b] = d[r, b] * dx[n, b]
             acc = float32(0)
-            for k in range(K):
-                acc += float32(int16(int16(w[k]) * int16(xn[k]))) * scale[k >> 5]
+            for k in range(half):
+                byte = int32(w[k])
+                p_lo = int16(int16((byte & 15) - 8) * int16(lo[k]))  # weight 32 b + j times its activation
+                p_hi = int16(int16((byte >> 4) - 8) * int16(hi[k]))  # weight 32 b + 16 + j times its activation
+                acc += (float32(p_lo) + float32(p_hi)) * scale[k >> 4]
             out[n, r] = acc
 
 
-@njit("void(float32[:, ::1], uint8[:, ::1], float32[:, ::1], float32[:, ::1])", cache=True, fastmath=FASTMATH)
-def q4_0_matmul(x, qs, d, out):
+@njit(
+    "void(float32[:, ::1], uint8[:, ::1], float32[:, ::1], float32[:, ::1], int64)",
+    cache=True,
+    fastmath=FASTMATH,
+    parallel=True,
+)
+def q4_0_matmul(x, qs, d, out, min_weights):
     """out (N, R) = x (N, K) @ W.T for a Q4_0 weight W (R, K) given as qs (R, K // 2) uint8 (GGUF nibble order:
-    byte j of a block holds q[j] low and q[j + 16] high) and d (R, K // 32) float32; a weight is (q - 8) * d."""
+    byte j of a block holds q[j] low and q[j + 16] high) and d (R, K // 32) float32; a weight is (q - 8) * d.
+    Rows are split over Numba's threads in blocks of at least min_weights weights (SERIAL: one thread)."""
     N, K = x.shape
     R = qs.shape[0]
     n_blocks, half = K // QK, K // 2
@@ -110,20 +166,12 @@ def q4_0_matmul(x, qs, d, out):
             for j in range(QK // 2):
                 x_lo[n, b * 16 + j] = xq[n, b * QK + j]
                 x_hi[n, b * 16 + j] = xq[n, b * QK + 16 + j]
-    scale = np.empty(n_blocks, np.float32)
-    for r in range(R):
-        w = qs[r]  # (K / 2,) uint8
-        for n in range(N):
-            lo, hi = x_lo[n], x_hi[n]
-            for b in range(n_blocks):
-                scale[b] = d[r, b] * dx[n, b]
-            acc = float32(0)
-            for k in range(half):
-                byte = int32(w[k])
-                p_lo = int16(int16((byte & 15) - 8) * int16(lo[k]))  # weight 32 b + j times its activation
-                p_hi = int16(int16((byte >> 4) - 8) * int16(hi[k]))  # weight 32 b + 16 + j times its activation
-                acc += (float32(p_lo) + float32(p_hi)) * scale[k >> 4]
-            out[n, r] = acc
+    chunks = n_chunks(R, K, min_weights)
+    if chunks == 1:
+        _q4_0_rows(x_lo, x_hi, dx, qs, d, out, 0, R)
+    else:
+        for c in prange(chunks):
+            _q4_0_rows(x_lo, x_hi, dx, qs, d, out, c * R // chunks, (c + 1) * R // chunks)
 
 
 @njit("void(int8[:, ::1], float32[:, ::1], int64, int64, float32[:, ::1])", cache=True)
@@ -187,7 +235,7 @@ def matmul(x: np.ndarray, w: QuantizedTensor) -> np.ndarray:
     if x.ndim != 2 or x.shape[1] != w.shape[1]:
         raise ValueError(f"x must be (N, {w.shape[1]}) to multiply a weight of shape {w.shape}, got {x.shape}")
     out = np.empty((x.shape[0], w.shape[0]), np.float32)  # (N, R)
-    (q8_0_matmul if w.type == Q8_0 else q4_0_matmul)(x, qs, d, out)
+    (q8_0_matmul if w.type == Q8_0 else q4_0_matmul)(x, qs, d, out, SERIAL)  # called between BLAS calls: see decode.py
     return out
 
 
