@@ -2,12 +2,14 @@
 
     OPENBLAS_NUM_THREADS=2 NUMBA_NUM_THREADS=2 python benchmarks/profile_decode.py MODEL.gguf [--tokens 32]
 
-Times each part of ``minigrok.model.forward`` during greedy single-token decode steps after a 128-token prompt, by
-wrapping the functions model.py calls (attention, moe, rms_norm, linear) with a clock; "rest" is the forward
-pass minus those (embedding lookup, residual adds, RoPE tables, Python). With ``minigrok.moe.moe`` and with the
-fused decode kernel ``minigrok.kernels.decode.moe_decode``, --repeats times each, keeping the fastest run. Also
-prints the bytes each part reads per token and the rate at which it read them (GB/s), which says how close a part
-is to the memory bandwidth. Prints a Markdown table.
+Times each part of a greedy single-token decode step after a 128-token prompt, by wrapping functions with a
+clock, --repeats times, keeping the fastest run. On the NumPy path of ``minigrok.model.forward`` (a cache with
+use_kernel=False) the parts are the functions model.py calls: attention, moe, rms_norm, linear (the
+unembedding). On the compiled step (``minigrok.kernels.decode``) a layer is one call, so its parts are the layers
+(``decode_layer``: attention and MoE together), the unembedding (``final_logits``) and the rest. "rest" is the
+step minus the parts (embedding lookup, residual adds, RoPE tables, Python). Also prints the bytes each part
+reads per token and the rate at which it read them (GB/s), which says how close a part is to the memory
+bandwidth. Prints a Markdown table.
 """
 
 from __future__ import annotations
@@ -21,10 +23,11 @@ import numpy as np
 from minigrok import model
 from minigrok.bench import prompt_ids
 from minigrok.checkpoint import load_gguf
-from minigrok.kernels.decode import moe_decode
+from minigrok.kernels import decode
 from minigrok.quant import QuantizedTensor
 
 PARTS = ("attention", "moe", "rms_norm", "linear")  # linear: the unembedding (model.py's only direct use)
+COMPILED_PARTS = {"layers": "decode_layer", "linear": "final_logits"}  # part -> function of kernels/decode.py
 
 
 def nbytes(w) -> int:
@@ -48,27 +51,26 @@ def bytes_read(params: dict, config) -> dict[str, float]:
     return out
 
 
-def profile(params, config, fused: bool, n_tokens: int) -> dict[str, float]:
+def profile(params, config, compiled: bool, n_tokens: int) -> dict[str, float]:
     """Seconds per decoded token spent in each part, and in the whole forward."""
     spent = defaultdict(float)
-    originals = {name: getattr(model, name) for name in PARTS}
+    module, parts = (decode, COMPILED_PARTS) if compiled else (model, {p: p for p in PARTS})
+    originals = {name: getattr(module, name) for name in parts.values()}
 
-    def clocked(name, fn):
+    def clocked(part, fn):
         def wrapper(*args, **kwargs):
             start = time.perf_counter()
             try:
                 return fn(*args, **kwargs)
             finally:
-                spent[name] += time.perf_counter() - start
+                spent[part] += time.perf_counter() - start
 
         return wrapper
 
-    moe = originals["moe"]
-    chosen_moe = (lambda x, *w: (moe_decode if x.shape[0] == 1 else moe)(x, *w)) if fused else moe
     try:
-        for name in PARTS:
-            setattr(model, name, clocked(name, chosen_moe if name == "moe" else originals[name]))
-        cache = model.init_cache(config, 1, 128 + n_tokens + 2)
+        for part, name in parts.items():
+            setattr(module, name, clocked(part, originals[name]))
+        cache = model.init_cache(config, 1, 128 + n_tokens + 2, use_kernel=compiled)
         token = int(np.argmax(model.forward(params, config, prompt_ids(config.vocab_size, 128)[None], cache)[0, -1]))
         for _ in range(2):  # warm-up: the first decode step loads the decode kernels
             token = int(np.argmax(model.forward(params, config, np.array([[token]]), cache)[0, -1]))
@@ -79,8 +81,8 @@ def profile(params, config, fused: bool, n_tokens: int) -> dict[str, float]:
         spent["forward"] = time.perf_counter() - start
     finally:
         for name, fn in originals.items():
-            setattr(model, name, fn)
-    spent["rest"] = spent["forward"] - sum(spent[name] for name in PARTS)
+            setattr(module, name, fn)
+    spent["rest"] = spent["forward"] - sum(spent[part] for part in parts)
     return {name: seconds / n_tokens for name, seconds in spent.items()}
 
 
@@ -95,19 +97,21 @@ def main() -> None:
     params, config, _ = load_gguf(args.model)
     read = bytes_read(params, config)
     runs = {}
-    for name, fused in (("moe.moe", False), ("fused", True)):
+    for name, compiled in (("NumPy path", False), ("compiled step", True)):
         runs[name] = min(
-            (profile(params, config, fused, args.tokens) for _ in range(args.repeats)), key=lambda r: r["forward"]
+            (profile(params, config, compiled, args.tokens) for _ in range(args.repeats)), key=lambda r: r["forward"]
         )
+    read["layers"] = read["attention"] + read["moe"] + read["rms_norm"]
     print(f"{args.model}: ms per decoded token (GB/s of weights read)")
     print("| part | MB read per token | " + " | ".join(runs) + " |")
     print("|---|--:|" + "--:|" * len(runs))
-    for part in (*PARTS, "rest", "forward"):
-        mb = read[part] / 1e6 if part in read else sum(read.values()) / 1e6 if part == "forward" else 0.0
+    total = read["layers"] + read["linear"]
+    for part in (*PARTS, "layers", "rest", "forward"):
+        mb = (total if part == "forward" else read.get(part, 0.0)) / 1e6
         cells = []
         for r in runs.values():
-            gb_s = f" ({mb / 1e3 / r[part]:.1f} GB/s)" if mb else ""
-            cells.append(f"{r[part] * 1e3:.2f}{gb_s}")
+            gb_s = f" ({mb / 1e3 / r[part]:.1f} GB/s)" if mb and part in r else ""
+            cells.append(f"{r[part] * 1e3:.2f}{gb_s}" if part in r else "")
         print(f"| {part} | {mb:.1f} | " + " | ".join(cells) + " |")
 
 

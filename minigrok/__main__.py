@@ -122,7 +122,7 @@ def run_generate(args: argparse.Namespace) -> int:
     from .checkpoint import load_gguf
     from .generate import generate
 
-    params, config, tokenizer = load_gguf(path)
+    params, config, tokenizer = load_gguf(path, mmap=True)
     if args.attention is not None:
         config = config.replace(attention=args.attention)
 

@@ -359,7 +359,7 @@ def _minigrok_engine(spec: dict, max_len: int):
     from . import model
     from .checkpoint import load_gguf
 
-    params, config, _ = load_gguf(spec["path"])
+    params, config, _ = load_gguf(spec["path"], mmap=True)
     ids = prompt_ids(config.vocab_size, spec["prompt_tokens"])
     if spec["engine"] == "naive":  # no cache: each token recomputes everything (picoGPT's generate loop)
         sequence: list[int] = []

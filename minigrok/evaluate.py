@@ -81,7 +81,7 @@ def run(args) -> int:
     from .tokenizer import Tokenizer
     from .train.data import load_meta, load_split
 
-    params, config, tokenizer = load_gguf(args.model)
+    params, config, tokenizer = load_gguf(args.model, mmap=True)
     if getattr(args, "attention", None) is not None:  # --attention, added by minigrok.__main__
         config = config.replace(attention=args.attention)
     meta = load_meta(args.data)

@@ -235,6 +235,32 @@ def test_f16_file_from_elsewhere_is_upcast(tiny_file, tmp_path):
 # ---- bad files ---------------------------------------------------------------------------------
 
 
+def test_mmap_load_gives_read_only_views_with_the_same_values_and_logits(tiny_file, tmp_path):
+    from minigrok.model import forward, init_cache
+
+    copied, config, _ = load_gguf(tiny_file)
+    mapped, config_m, _ = load_gguf(tiny_file, mmap=True)
+    assert config_m == config and copied.keys() == mapped.keys()
+    for name, w in mapped.items():
+        np.testing.assert_array_equal(w, copied[name])
+        assert not w.flags.writeable and copied[name].flags.writeable  # a view of the file, not a copy
+        with pytest.raises(ValueError, match="read-only"):
+            w[...] = 0
+    tokens = np.array([[1, 2, 3, 4]])
+    for use_kernel in (True, False):  # the compiled decode step and the NumPy path both read the views
+        logits = []
+        for params in (copied, mapped):
+            cache = init_cache(config, 1, use_kernel=use_kernel)
+            forward(params, config, tokens[:, :3], cache)
+            logits.append(forward(params, config, tokens[:, 3:], cache))
+        np.testing.assert_array_equal(logits[0], logits[1])
+    path16 = tmp_path / "tiny16.gguf"  # F16 tensors are widened to float32: copies, writable
+    save_gguf(path16, random_params(TINY), TINY, make_tokenizer(TINY.vocab_size), dtype="f16")
+    f16 = load_gguf(path16, mmap=True)[0]
+    assert f16["token_embd.weight"].flags.writeable and f16["blk.0.attn_q.weight"].flags.writeable
+    assert not f16["blk.0.ffn_gate_inp.weight"].flags.writeable  # the router stays F32 in an F16 file
+
+
 def read_tokens_merges(path) -> list[str]:
     return gguf.GGUFReader(path).fields["tokenizer.ggml.merges"].contents()
 

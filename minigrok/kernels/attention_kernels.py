@@ -50,7 +50,7 @@ def _visible(kind, p1, p2, p3, p4, i, j):
 
 
 @numba.njit(cache=True)
-def _visible_slots(k_pos, q_position, code):
+def visible_slots(k_pos, q_position, code):
     """The slots (n,) whose key the query at q_position sees, and which of them are sinks (n,): read from the
     positions alone, so no key or value of a hidden slot is touched."""
     kind, p1, p2, p3, p4 = code[0], code[1], code[2], code[3], code[4]
@@ -66,7 +66,7 @@ def _visible_slots(k_pos, q_position, code):
 
 
 @numba.njit(cache=True, fastmath=True)
-def _scores(q, q_sink, k, idx, sink):
+def key_scores(q, q_sink, k, idx, sink):
     """Raw scores (B, n_heads, n) = q · k for the slots idx; each key row is read once for its group of heads."""
     B, n_heads, hd = q.shape
     n_kv = k.shape[1]
@@ -86,7 +86,7 @@ def _scores(q, q_sink, k, idx, sink):
 
 
 @numba.njit(cache=True, fastmath=True)
-def _weighted_values(probs, v, idx):
+def weighted_values(probs, v, idx):
     """out (B, n_heads, hd) = sum over m of probs[:, :, m] · v[slot idx[m]]; each value row is read once."""
     B, n_heads, n = probs.shape
     n_kv, hd = v.shape[1], v.shape[3]
@@ -129,11 +129,11 @@ def decode_attention(q, q_sink, k, v, k_pos, q_position: int, pattern: Attention
     k_pos = np.ascontiguousarray(k_pos, np.int64)
     _check(q, q_sink, k, v, k_pos)
     k, v = np.asarray(k, np.float32), np.asarray(v, np.float32)  # the cache itself: never copied
-    idx, sink = _visible_slots(k_pos, int(q_position), pattern_code(pattern))  # (n,), (n,)
+    idx, sink = visible_slots(k_pos, int(q_position), pattern_code(pattern))  # (n,), (n,)
     if idx.size == 0:
         raise ValueError(f"no cached key is visible to position {q_position} under {pattern}")
-    scores = softcap(_scores(q, q_sink, k, idx, sink) * np.float32(multiplier), cap)  # (B, n_heads, n)
-    return _weighted_values(softmax(scores, axis=-1), v, idx)  # (B, n_heads, hd)
+    scores = softcap(key_scores(q, q_sink, k, idx, sink) * np.float32(multiplier), cap)  # (B, n_heads, n)
+    return weighted_values(softmax(scores, axis=-1), v, idx)  # (B, n_heads, hd)
 
 
 def decode_attention_numpy(q, q_sink, k, v, k_pos, q_position: int, pattern: AttentionPattern, multiplier, cap):

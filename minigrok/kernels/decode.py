@@ -3,20 +3,24 @@
 A decode step reads every active weight once and does little arithmetic with it, so its speed is set by how fast
 the weights stream from memory and, for a small model, by how many Python and NumPy calls it makes: the readable
 ``model.forward`` makes about 60 per layer for one token (norms, four projections, RoPE, the KV cache, softmax,
-the router, top-k, each expert), each with microseconds of dispatch. This module makes two compiled calls a layer::
+the router, top-k, each expert), each with microseconds of dispatch whatever its size. Here each layer is one
+compiled call, ``decode_layer``, and the final norm and logits one more (``final_logits``)::
 
-    scores = attention_scores(x, ...)   # RMSNorm, q/k/v projections, RoPE, k/v into the cache, q·k of visible slots
-    probs = softmax(softcap(scores))    # NumPy in between: its tanh and exp are SIMD, Numba's are scalar calls
-    layer_rest(x, probs, ...)           # probs @ v, output projection, norms, residuals, router, top-k, 2 experts
+    for each layer:  x += attention(RMSNorm(x)) ... x += MoE(RMSNorm(x))   # decode_layer(x, weights, cache, ...)
+    logits = final_logits(x, output_norm, token_embd)
 
-and one more for the final norm and the logits. Every product in them is ``matvec``, compiled once for each weight
-type: a float32 loop for F32, the integer kernels of quant_kernels.py for Q8_0 and Q4_0 (activations quantized to
-8 bits per block, as llama.cpp does). A product of many weights splits its rows over Numba's threads.
+Every product in them is ``matvec``, compiled once for each weight type: a float32 loop for F32, the integer
+kernels of quant_kernels.py for Q8_0 and Q4_0 (activations quantized to 8 bits per block, as llama.cpp does). A
+large model splits each big product's rows over Numba's threads. tanh (soft-cap, GELU) is written with exp, as
+2 sigmoid(2y) - 1, because LLVM vectorizes an exp loop here and not a tanh one.
 
 The NumPy twin is ``model.forward`` itself (``init_cache(..., use_kernel=False)`` runs it for decode steps too);
 tests/test_decode_kernels.py checks that both give the same logits, step after step, for F32, Q8_0 and Q4_0
-weights, every attention pattern and several head and expert shapes. ``decode_step`` is used by ``forward`` for
-one token of one sequence with a cache whose use_kernel is on, when every weight is float32 or Q8_0/Q4_0.
+weights, every attention pattern and several head and expert shapes. ``forward`` takes this path for one token
+of one sequence with a cache whose use_kernel is on, when every weight is float32 or Q8_0/Q4_0.
+
+Numba caches each compiled function on disk keyed by its own file only: after editing quant_kernels.py or
+attention_kernels.py, delete minigrok/kernels/__pycache__/*.nb[ic] so that these kernels pick the change up.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ from ..attention import CacheStep, KVCache, sink_query_positions
 from ..config import ModelConfig
 from ..layers import rope_tables
 from ..quant import QuantizedTensor
-from .attention_kernels import _scores, _visible_slots, _weighted_values, pattern_code
+from .attention_kernels import key_scores, pattern_code, visible_slots, weighted_values
 from .quant_kernels import FASTMATH, SERIAL, n_chunks, q4_0_matmul, q8_0_matmul
 
 # Threads. A parallel region costs microseconds to start, and right after a prefill OpenBLAS's idle threads spin
@@ -207,9 +211,9 @@ def decode_layer(x, w, cos, sin, cos_sink, sin_sink, k_cache, v_cache, slot, idx
     _rope(q.reshape(n_heads, hd), cos_sink, sin_sink, q_sink[0])
     _rope(k.reshape(n_kv, hd), cos, sin, k_cache[0, :, slot])  # keys are cached after RoPE
     v_cache[0, :, slot] = v.reshape(n_kv, hd)
-    probs = _scores(q_rot, q_sink, k_cache, idx, sink)  # (1, n_heads, n) raw q·k
+    probs = key_scores(q_rot, q_sink, k_cache, idx, sink)  # (1, n_heads, n) raw q·k
     _softcap_softmax(probs[0], multiplier, cap)
-    attn = _weighted_values(probs, v_cache, idx)  # (1, n_heads, hd)
+    attn = weighted_values(probs, v_cache, idx)  # (1, n_heads, hd)
     y = np.empty_like(x)  # (1, d_model)
     matvec(wo, attn.reshape(1, -1), y, min_par)
     _rms_norm(y, attn_out_norm, eps, h)
@@ -315,7 +319,7 @@ def decode_step(params: dict, config: ModelConfig, token: int, cache: KVCache, s
     sink_pos = sink_query_positions(config.pattern, step.positions)  # (1,) or None
     cos_s, sin_s = (cos, sin) if sink_pos is None else rope_tables(sink_pos, config.head_dim, config.rope_theta)
     k_pos = step.after[: step.n_read]  # (S,) positions of the slots attention reads
-    idx, sink = _visible_slots(k_pos, position, pattern_code(config.pattern))  # (n,), (n,)
+    idx, sink = visible_slots(k_pos, position, pattern_code(config.pattern))  # (n,), (n,)
     slot = int(step.slots[0])
     x = params["token_embd.weight"][token][None] * np.float32(config.embedding_multiplier)  # (1, d_model)
     hp = np.array(

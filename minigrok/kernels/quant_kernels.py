@@ -15,6 +15,11 @@ The loops are written in the shape LLVM vectorizes here (../shared/reference/per
 - for Q4_0, the activation split once into the halves that the low and the high nibbles multiply, so the loop
   reads both with unit stride instead of gathering.
 
+Threads: ``q8_0_matmul`` and ``q4_0_matmul`` cut the rows into blocks of at least ``min_weights`` weights and deal
+them to Numba's threads (``prange``); every row is computed the same way in any block, so the result does not
+depend on the threads. ``matmul`` (used between BLAS calls, in prefills and on the NumPy path) stays on one
+thread; the compiled decode step (decode.py) decides for itself.
+
 Safety: the kernels have explicit signatures, so they accept only C-contiguous arrays of the stated dtypes (Numba
 raises TypeError for anything else, and the wrappers below convert what they are given), and each kernel checks
 that the shapes agree and raises ValueError before any loop runs: no read is out of bounds.
