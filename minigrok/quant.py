@@ -206,17 +206,19 @@ class QuantizedTensor:
         _check_type(qtype)
         shape = tuple(int(n) for n in shape)
         blocks = np.asarray(blocks)
-        n_blocks = shape[-1] // QK if shape else 0
         n_bytes = int(np.prod(shape)) // QK * BLOCK_BYTES[qtype]
         if not shape or shape[-1] % QK or blocks.dtype != np.uint8 or blocks.size != n_bytes:
             raise ValueError(
                 f"{blocks.dtype} data of shape {blocks.shape} is not {qtype.upper()} blocks of a {shape} tensor "
                 f"(needs a last axis that is a multiple of {QK} and {BLOCK_BYTES[qtype]} uint8 bytes per block)"
             )
-        b = blocks.reshape(*shape[:-1], n_blocks, BLOCK_BYTES[qtype])  # (..., n_blocks, bytes)
-        d = b[..., :2].copy().view("<f2")[..., 0].astype(np.float32)  # (..., n_blocks)
-        qs = b[..., 2:].reshape(*shape[:-1], -1)  # (..., K) or (..., K // 2): a copy, contiguous
-        return cls(qtype, shape, d, qs.view(np.int8) if qtype == Q8_0 else qs)
+        # One block = an fp16 scale and 32 int8 quants (Q8_0) or 16 bytes of nibbles (Q4_0): a NumPy record, so
+        # that the quants are copied out as whole (32,) or (16,) rows (~8x faster than a reshape of a byte view).
+        record = np.dtype([("d", "<f2"), ("qs", np.int8 if qtype == Q8_0 else np.uint8, (BLOCK_BYTES[qtype] - 2,))])
+        b = np.ascontiguousarray(blocks).reshape(*shape[:-1], -1).view(record)  # (..., n_blocks) records
+        d = b["d"].astype(np.float32)  # (..., n_blocks)
+        qs = np.ascontiguousarray(b["qs"]).reshape(*shape[:-1], -1)  # (..., K) int8 or (..., K // 2) uint8: a copy
+        return cls(qtype, shape, d, qs)
 
     def to_blocks(self) -> np.ndarray:
         """The GGUF bytes: (*shape[:-1], shape[-1] // 32 * BLOCK_BYTES[type]) uint8."""
