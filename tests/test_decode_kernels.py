@@ -142,14 +142,29 @@ def test_softcap_softmax_in_the_kernel_equals_layers(scores, cap, multiplier):
     np.testing.assert_allclose(got.sum(axis=1), 1, rtol=1e-5)
 
 
-def test_gelu_through_sigmoid_equals_gelu_tanh():
-    # 0.5 x (1 + tanh z) = x sigmoid(2 z): the form the kernel uses
+def test_gelu_through_exp_equals_gelu_tanh():
+    # 0.5 x (1 + tanh z) = x / (1 + exp(-2 z)): the form the kernel uses
     x = np.linspace(-12, 12, 2001, dtype=np.float32)
     z = np.sqrt(2 / np.pi) * (x + 0.044715 * x**3)
-    via_sigmoid = x / (1 + np.exp(-2 * z))
-    np.testing.assert_allclose(via_sigmoid, gelu_tanh(x), rtol=1e-5, atol=1e-6)
-    got = np.array([decode._sigmoid(np.float32(2 * v)) for v in z[::100]], np.float32)
-    np.testing.assert_allclose(got, 0.5 * (1 + np.tanh(z[::100])), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(x / (1 + np.exp(-2 * z)), gelu_tanh(x), rtol=1e-5, atol=1e-6)
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.floats(-120, 120, width=32), min_size=1, max_size=70))
+def test_exp_in_the_kernel_equals_numpy(values):
+    x = np.array(values, np.float32)
+    got = x.copy()
+    decode._exp(got)
+    expected = np.exp(np.clip(x, -87, 88).astype(np.float64))  # the kernel clamps its inputs to [-87, 88]
+    np.testing.assert_allclose(got, expected, rtol=5e-7, atol=0)
+
+
+def test_exp_known_values():
+    x = np.array([0, 1, -1, np.log(2), 10, -10, 88, -87, 100, -100], np.float32)
+    got = x.copy()
+    decode._exp(got)
+    assert got[0] == 1 and np.isfinite(got).all() and (got > 0).all()
+    np.testing.assert_allclose(got, np.exp(np.clip(x, -87, 88).astype(np.float64)), rtol=3e-7)
 
 
 def test_large_models_split_products_over_threads_small_ones_do_not():

@@ -11,8 +11,8 @@ compiled call, ``decode_layer``, and the final norm and logits one more (``final
 
 Every product in them is ``matvec``, compiled once for each weight type: a float32 loop for F32, the integer
 kernels of quant_kernels.py for Q8_0 and Q4_0 (activations quantized to 8 bits per block, as llama.cpp does). A
-large model splits each big product's rows over Numba's threads. tanh (soft-cap, GELU) is written with exp, as
-2 sigmoid(2y) - 1, because LLVM vectorizes an exp loop here and not a tanh one.
+large model splits each big product's rows over Numba's threads. tanh (soft-cap, GELU) is written with exp, and
+exp itself as Cephes' polynomial (``_exp``), because LLVM vectorizes that loop here and not one of libm calls.
 
 The NumPy twin is ``model.forward`` itself (``init_cache(..., use_kernel=False)`` runs it for decode steps too);
 tests/test_decode_kernels.py checks that both give the same logits, step after step, for F32, Q8_0 and Q4_0
@@ -158,28 +158,48 @@ def _route(logits, top_k, renormalize, expert_ids, gates):
             gates[j] /= total
 
 
+# Cephes' expf (Moshier, Cephes Math Library, expf.c): exp(x) = 2^k * p(r), k = round(x / ln 2), r = x - k ln 2
+_LOG2E = np.float32(1.4426950408889634)
+_LN2_HI, _LN2_LO = np.float32(0.693359375), np.float32(-2.12194440e-4)  # ln 2 = _LN2_HI + _LN2_LO, in two parts
+_EXP_POLY = (1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1)
+
+
 @njit(cache=True, fastmath=FASTMATH)
-def _sigmoid(z):
-    """1 / (1 + e^-z). Written with exp, which LLVM vectorizes here, where a tanh loop stays ~3x slower."""
-    return float32(1) / (float32(1) + math.exp(-z))
+def _exp(a):
+    """a[:] = exp(a) in place, for a float32 (n,) array; relative error < 3e-7, inputs clamped to [-87, 88].
+
+    Written out (Cephes' expf) because LLVM vectorizes this loop here, 6x faster than a loop of math.exp, which is
+    a scalar libm call per element, and 1.4x faster than np.exp. Used for the soft-cap, the softmax and the GELU.
+    """
+    two_to_k = np.empty(a.shape[0], np.int32)  # the bits of the float32 2^k: exponent field k + 127
+    for i in range(a.shape[0]):
+        x = min(max(a[i], float32(-87.0)), float32(88.0))
+        k = np.floor(x * _LOG2E + float32(0.5))
+        r = x - k * _LN2_HI - k * _LN2_LO  # |r| <= ln(2) / 2
+        p = float32(_EXP_POLY[0])
+        for c in _EXP_POLY[1:]:
+            p = p * r + float32(c)
+        a[i] = p * r * r + r + float32(1)  # exp(r)
+        two_to_k[i] = (np.int32(k) + np.int32(127)) << 23
+    a *= two_to_k.view(np.float32)
 
 
 @njit(cache=True, fastmath=FASTMATH)
 def _softcap_softmax(scores, multiplier, cap):
     """In place on raw q·k scores (n_heads, n): softmax over n of cap * tanh(multiplier * s / cap) (cap 0: no cap),
-    as layers.softcap and layers.softmax, with tanh(y) = 2 sigmoid(2y) - 1."""
+    as layers.softcap and layers.softmax, with tanh(y) = 1 - 2 / (exp(2y) + 1)."""
     for g in range(scores.shape[0]):
         row = scores[g]  # (n,)
-        for m in range(row.shape[0]):
-            s = row[m] * multiplier
-            row[m] = cap * (float32(2) * _sigmoid(float32(2) * s / cap) - float32(1)) if cap > 0 else s
-        top = row.max()
-        total = float32(0)
-        for m in range(row.shape[0]):
-            row[m] = math.exp(row[m] - top)
-            total += row[m]
-        for m in range(row.shape[0]):
-            row[m] /= total
+        if cap > 0:
+            row *= float32(2) * multiplier / cap
+            _exp(row)  # exp(2y)
+            for m in range(row.shape[0]):
+                row[m] = cap * (float32(1) - float32(2) / (row[m] + float32(1)))
+        else:
+            row *= multiplier
+        row -= row.max()
+        _exp(row)
+        row /= row.sum()
 
 
 @njit(cache=True, fastmath=FASTMATH)
@@ -226,14 +246,19 @@ def decode_layer(x, w, cos, sin, cos_sink, sin_sink, k_cache, v_cache, slot, idx
     _route(logits[0], top_k, renorm, expert_ids, gates)
     a = np.empty((1, d_ff), np.float32)  # (1, d_ff)
     b = np.empty((1, d_ff), np.float32)  # (1, d_ff)
+    exp_m2z = np.empty(d_ff, np.float32)  # (d_ff,) exp(-2z) of the GELU
     moe_out = np.zeros_like(x)  # (1, d_model)
     for j in range(top_k):
         e = expert_ids[j]
         matvec(expert(gate, e), h, a, min_par)
         matvec(expert(up, e), h, b, min_par)
-        for f in range(d_ff):  # GeGLU in place: gelu_tanh(a) * b, with 0.5 (1 + tanh(z)) = sigmoid(2z)
+        # GeGLU in place: gelu_tanh(a) * b, with 0.5 (1 + tanh(z)) = 1 / (1 + exp(-2z))
+        for f in range(d_ff):
             g = a[0, f]
-            a[0, f] = g * _sigmoid(float32(2) * _SQRT_2_OVER_PI * (g + _GELU_A * g * g * g)) * b[0, f]
+            exp_m2z[f] = float32(-2) * _SQRT_2_OVER_PI * (g + _GELU_A * g * g * g)  # -2z
+        _exp(exp_m2z)
+        for f in range(d_ff):
+            a[0, f] = a[0, f] / (float32(1) + exp_m2z[f]) * b[0, f]
         matvec(expert(down, e), a, y, min_par)
         for o in range(d_model):
             moe_out[0, o] += gates[j] * y[0, o]
