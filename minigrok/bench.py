@@ -76,13 +76,17 @@ def _choices(text: str, allowed: tuple[str, ...], flag: str) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     from .__main__ import DEFAULT_MODEL
+    from .checkpoint import read_config
 
     models = _choices(args.models, MODELS, "--models")
     types = _choices(args.types, TYPES, "--types")
     engines = _choices(args.engines, ENGINES, "--engines")
     shipped = Path(args.model) if args.model else DEFAULT_MODEL
-    if "shipped" in models and not shipped.is_file():
-        raise FileNotFoundError(f"model file {shipped} not found; pass --model FILE or --models large")
+    if "shipped" in models:
+        if not shipped.is_file():
+            what = "is a directory, not a GGUF file" if shipped.is_dir() else "not found"
+            raise FileNotFoundError(f"model file {shipped} {what}; pass --model FILE or --models large")
+        read_config(shipped)  # a CheckpointError here names what is wrong, before any worker starts
     if "llama.cpp" in engines and not _has_llama_cpp():
         print(
             "minigrok: llama-cpp-python is not installed: no llama.cpp rows (pip install llama-cpp-python)",

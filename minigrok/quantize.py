@@ -55,6 +55,8 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"output {args.output} is a directory; give a file name, e.g. {out / 'model-q8_0.gguf'}")
     if out.exists() and out.resolve() == Path(args.input).resolve():
         raise ValueError(f"output {args.output} is the input file; write to a new file (nothing was changed)")
+    if not out.absolute().parent.is_dir():
+        raise FileNotFoundError(f"output folder {out.absolute().parent} does not exist; create it first")
     params, config, tokenizer = load_gguf(args.input)
     metadata = read_metadata(args.input)
     converted = convert(params, args.target, progress=True)
@@ -72,6 +74,8 @@ def run(args: argparse.Namespace) -> int:
     )
     print(
         f"{args.input}: {_mb(before)} -> {args.output}: {_mb(after)} ({after / before:.1%} of the input, "
-        f"{before / after:.2f}x smaller) | tensors: " + ", ".join(f"{n} {k.upper()}" for k, n in sorted(kinds.items()))
+        + (f"{before / after:.2f}x smaller" if after <= before else f"{after / before:.2f}x larger")
+        + ") | tensors: "
+        + ", ".join(f"{n} {k.upper()}" for k, n in sorted(kinds.items()))
     )
     return 0

@@ -76,3 +76,13 @@ def test_bench_end_to_end_on_a_tiny_model(tiny_path, capsys):
 def test_bad_choices_are_refused(tiny_path, capsys, flag, value, message):
     assert cli.main(["bench", "--model", str(tiny_path), flag, value]) == 1
     assert message in capsys.readouterr().err
+
+
+def test_a_bad_model_file_is_refused_before_any_worker_runs(tmp_path, capsys):
+    truncated, text = tmp_path / "truncated.gguf", tmp_path / "text.gguf"
+    truncated.write_bytes(b"GGUF" + bytes(60))
+    text.write_text("# not a model")
+    for path, message in [(truncated, "truncated"), (text, "not a GGUF file"), (tmp_path, "is a directory")]:
+        assert cli.main(["bench", "--models", "shipped", "--model", str(path), "--engines", "minigrok"]) == 1
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1

@@ -384,6 +384,10 @@ def test_quantize_command_errors_name_the_problem(tmp_path, capsys):
     assert "'blk.0.ffn_down_exps.weight'" in capsys.readouterr().err
     assert not out.exists() and [p.name for p in tmp_path.iterdir()] == ["odd.gguf"]
     assert main(["quantize", str(src), str(out), "--type", "f16"]) == 0  # f16 has no blocks
+    assert main(["quantize", str(src), str(tmp_path / "no" / "x.gguf"), "--type", "f32"]) == 1  # refused at once
+    assert "output folder" in capsys.readouterr().err and not (tmp_path / "no").exists()
+    assert main(["quantize", str(out), str(tmp_path / "back.gguf"), "--type", "f32"]) == 0  # f16 -> f32: larger
+    assert "x larger" in capsys.readouterr().out  # metadata and header do not double
     with pytest.raises(SystemExit):
         main(["quantize", str(src), str(out), "--type", "q5_0"])
     assert "invalid choice" in capsys.readouterr().err
