@@ -75,17 +75,17 @@ def _choices(text: str, allowed: tuple[str, ...], flag: str) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .__main__ import DEFAULT_MODEL
+    from .__main__ import _model_path
     from .checkpoint import read_config
 
     models = _choices(args.models, MODELS, "--models")
     types = _choices(args.types, TYPES, "--types")
     engines = _choices(args.engines, ENGINES, "--engines")
-    shipped = Path(args.model) if args.model else DEFAULT_MODEL
     if "shipped" in models:
-        if not shipped.is_file():
-            what = "is a directory, not a GGUF file" if shipped.is_dir() else "not found"
-            raise FileNotFoundError(f"model file {shipped} {what}; pass --model FILE or --models large")
+        try:
+            shipped = _model_path(args.model)
+        except FileNotFoundError as e:
+            raise FileNotFoundError(f"{e}; or run --models large only") from None
         read_config(shipped)  # a CheckpointError here names what is wrong, before any worker starts
     if "llama.cpp" in engines and not _has_llama_cpp():
         print(

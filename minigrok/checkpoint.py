@@ -158,11 +158,18 @@ def save_gguf(
         finally:
             writer.close()
 
+    check_destination(path)
+    atomic_write(path, write)  # temp file beside path, fsync, rename: never a half-written checkpoint
+
+
+def check_destination(path: str | os.PathLike) -> None:
+    """Raise CheckpointError unless a file can be written at ``path`` (its folder exists and is writable): what
+    save_gguf checks first, for callers that want to refuse before long work."""
+    path = Path(path)
     if not path.parent.is_dir():
         raise CheckpointError(f"cannot write {path}: the directory {path.parent} does not exist; create it first")
     if not os.access(path.parent, os.W_OK):
         raise CheckpointError(f"cannot write {path}: the directory {path.parent} is not writable")
-    atomic_write(path, write)  # temp file beside path, fsync, rename: never a half-written checkpoint
 
 
 def _add_hparams(writer: gguf.GGUFWriter, c: ModelConfig, dtype: str, quant_types: set[str]) -> None:

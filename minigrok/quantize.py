@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from .checkpoint import load_gguf, read_metadata, save_gguf
+from .checkpoint import check_destination, load_gguf, read_metadata, save_gguf
 from .quant import Q4_0, Q8_0, QuantizedTensor, storage_type
 
 TYPES = ("q8_0", "q4_0", "f16", "f32")
@@ -55,8 +55,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"output {args.output} is a directory; give a file name, e.g. {out / 'model-q8_0.gguf'}")
     if out.exists() and out.resolve() == Path(args.input).resolve():
         raise ValueError(f"output {args.output} is the input file; write to a new file (nothing was changed)")
-    if not out.absolute().parent.is_dir():
-        raise FileNotFoundError(f"output folder {out.absolute().parent} does not exist; create it first")
+    check_destination(out)  # before the conversion, not after it
     params, config, tokenizer = load_gguf(args.input)
     metadata = read_metadata(args.input)
     converted = convert(params, args.target, progress=True)

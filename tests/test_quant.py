@@ -385,7 +385,7 @@ def test_quantize_command_errors_name_the_problem(tmp_path, capsys):
     assert not out.exists() and [p.name for p in tmp_path.iterdir()] == ["odd.gguf"]
     assert main(["quantize", str(src), str(out), "--type", "f16"]) == 0  # f16 has no blocks
     assert main(["quantize", str(src), str(tmp_path / "no" / "x.gguf"), "--type", "f32"]) == 1  # refused at once
-    assert "output folder" in capsys.readouterr().err and not (tmp_path / "no").exists()
+    assert "does not exist; create it first" in capsys.readouterr().err and not (tmp_path / "no").exists()
     assert main(["quantize", str(out), str(tmp_path / "back.gguf"), "--type", "f32"]) == 0  # f16 -> f32: larger
     assert "x larger" in capsys.readouterr().out  # metadata and header do not double
     with pytest.raises(SystemExit):
