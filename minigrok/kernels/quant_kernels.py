@@ -63,6 +63,26 @@ def _quantize_activations(x):
 
 
 @njit(cache=True)
+def _product_fits(x, qs, d, out, row_bytes):
+    """Do x (N, K), quants qs (R, row_bytes), scales d (R, K // 32) and out (N, R) fit together, with 32 | K?"""
+    N, K = x.shape
+    R = qs.shape[0]
+    return not (K % QK or qs.shape[1] != row_bytes or d.shape[0] != R or d.shape[1] != K // QK or out.shape != (N, R))
+
+
+@njit(cache=True)
+def _rows_fit(R, K, d, r0, r1, out):
+    """Are rows r0..r1-1 of an (R, K) weight with scales d (R, K // 32) in range, and out (>= r1 - r0, K)?"""
+    return (
+        0 <= r0 <= r1 <= R
+        and d.shape[0] == R
+        and d.shape[1] * QK == K
+        and out.shape[0] >= r1 - r0
+        and out.shape[1] == K
+    )
+
+
+@njit(cache=True)
 def n_chunks(R, K, min_weights):
     """Into how many blocks of rows an (R, K) product is cut for Numba's threads: one per min_weights weights
     (``prange`` deals the blocks out evenly to the threads). 1 = no parallel region: starting one costs a few
@@ -100,15 +120,7 @@ def q8_0_matmul(x, qs, d, out, min_weights):
     Rows are split over Numba's threads in blocks of at least min_weights weights (SERIAL: one thread)."""
     N, K = x.shape
     R = qs.shape[0]
-    n_blocks = K // QK
-    if (
-        K % QK
-        or qs.shape[1] != K
-        or d.shape[0] != R
-        or d.shape[1] != n_blocks
-        or out.shape[0] != N
-        or out.shape[1] != R
-    ):
+    if not _product_fits(x, qs, d, out, K):
         raise ValueError("q8_0_matmul: shapes disagree; need x (N, K), qs (R, K), d (R, K/32), out (N, R), 32 | K")
     xq, dx = _quantize_activations(x)  # (N, K) int8, (N, n_blocks)
     chunks = n_chunks(R, K, min_weights)
@@ -153,14 +165,7 @@ def q4_0_matmul(x, qs, d, out, min_weights):
     N, K = x.shape
     R = qs.shape[0]
     n_blocks, half = K // QK, K // 2
-    if (
-        K % QK
-        or qs.shape[1] != half
-        or d.shape[0] != R
-        or d.shape[1] != n_blocks
-        or out.shape[0] != N
-        or out.shape[1] != R
-    ):
+    if not _product_fits(x, qs, d, out, half):
         raise ValueError("q4_0_matmul: shapes disagree; need x (N, K), qs (R, K/2), d (R, K/32), out (N, R), 32 | K")
     xq, dx = _quantize_activations(x)  # (N, K) int8, (N, n_blocks)
     # Split each activation block into the 16 values the low nibbles multiply and the 16 the high nibbles do.
@@ -183,13 +188,7 @@ def q4_0_matmul(x, qs, d, out, min_weights):
 def q8_0_dequantize_rows(qs, d, r0, r1, out):
     """out[:r1 - r0] = the float32 rows r0..r1-1 of a Q8_0 weight (qs (R, K) int8, d (R, K // 32)): q * d."""
     R, K = qs.shape
-    if (
-        not (0 <= r0 <= r1 <= R)
-        or d.shape[0] != R
-        or d.shape[1] * QK != K
-        or out.shape[0] < r1 - r0
-        or out.shape[1] != K
-    ):
+    if not _rows_fit(R, K, d, r0, r1, out):
         raise ValueError(
             "q8_0_dequantize_rows: need 0 <= r0 <= r1 <= R, d (R, K/32) and out of at least r1-r0 rows of K"
         )
@@ -203,13 +202,7 @@ def q4_0_dequantize_rows(qs, d, r0, r1, out):
     """out[:r1 - r0] = float32 rows r0..r1-1 of a Q4_0 weight (qs (R, K // 2) uint8, d (R, K // 32)): (q - 8) * d."""
     R, half = qs.shape
     K = 2 * half
-    if (
-        not (0 <= r0 <= r1 <= R)
-        or d.shape[0] != R
-        or d.shape[1] * QK != K
-        or out.shape[0] < r1 - r0
-        or out.shape[1] != K
-    ):
+    if not _rows_fit(R, K, d, r0, r1, out):
         raise ValueError(
             "q4_0_dequantize_rows: need 0 <= r0 <= r1 <= R, d (R, K/32) and out of at least r1-r0 rows of K"
         )
