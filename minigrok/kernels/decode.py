@@ -25,6 +25,7 @@ attention_kernels.py, delete minigrok/kernels/__pycache__/*.nb[ic] so that these
 
 from __future__ import annotations
 
+import functools
 import math
 import operator
 
@@ -303,30 +304,35 @@ _LAYER_TENSORS = (
 )
 
 
+_FLOAT_ONLY = {"attn_norm", "attn_output_norm", "ffn_norm", "ffn_gate_inp", "layer_output_norm"}  # not quantized
 _last: list = [None, None]  # [the weights kernel_weights last looked at, its answer]: one per generation, not step
+
+
+@functools.lru_cache
+def _weight_names(n_layers: int) -> list[str]:
+    """The tensors a decode step reads: each layer's in _LAYER_TENSORS order, then the embedding and final norm."""
+    layers = [f"blk.{i}.{name}.weight" for i in range(n_layers) for name in _LAYER_TENSORS]
+    return [*layers, "token_embd.weight", "output_norm.weight"]
 
 
 def kernel_weights(params: dict, config: ModelConfig) -> tuple[list[tuple], int] | None:
     """(per layer its 12 weights in kernel form (see kernel_weight), min_weights for matvec), or None if a weight
     has no kernel. Norms, the router and the token embedding must be float32 arrays; projections and experts
     float32 or Q8_0/Q4_0. The answer for the same weight objects is remembered (checking costs microseconds)."""
-    names = [f"blk.{i}.{name}.weight" for i in range(config.n_layers) for name in _LAYER_TENSORS]
-    names += ["token_embd.weight", "output_norm.weight"]
-    objects = [params[n] for n in names]
-    if _last[0] is not None and len(_last[0]) == len(objects) and all(map(operator.is_, _last[0], objects)):
-        return _last[1]
-    _last[:] = objects, _kernel_weights(params, config)
+    objects = [params[n] for n in _weight_names(config.n_layers)]
+    if _last[0] is None or len(_last[0]) != len(objects) or not all(map(operator.is_, _last[0], objects)):
+        _last[:] = objects, _kernel_weights(objects, config)
     return _last[1]
 
 
-def _kernel_weights(params: dict, config: ModelConfig) -> tuple[list[tuple], int] | None:
-    layers = []
-    for i in range(config.n_layers):
-        weights = tuple(kernel_weight(params[f"blk.{i}.{name}.weight"]) for name in _LAYER_TENSORS)
-        if any(w is None for w in weights) or any(isinstance(weights[j], tuple) for j in (0, 5, 6, 7, 11)):
-            return None
-        layers.append(weights)
-    if not all(isinstance(kernel_weight(params[n]), np.ndarray) for n in ("token_embd.weight", "output_norm.weight")):
+def _kernel_weights(objects: list, config: ModelConfig) -> tuple[list[tuple], int] | None:
+    n = len(_LAYER_TENSORS)
+    converted = [kernel_weight(w) for w in objects]
+    float_only = [i for i, name in enumerate(_LAYER_TENSORS) if name in _FLOAT_ONLY]
+    layers = [tuple(converted[i * n : (i + 1) * n]) for i in range(config.n_layers)]
+    if any(w is None for w in converted) or any(isinstance(layer[j], tuple) for layer in layers for j in float_only):
+        return None
+    if any(isinstance(w, tuple) for w in converted[-2:]):  # token_embd, output_norm
         return None
     return layers, (PARALLEL_BLOCK if config.n_active_params() >= THREADED_MODEL_WEIGHTS else SERIAL)
 
