@@ -15,9 +15,9 @@ import sys
 from pathlib import Path
 
 from .config import ATTENTION_SYNTAX, PRESETS, ModelConfig, get_preset, parse_attention
+from .shipped import shipped_model
 
-REPO = Path(__file__).resolve().parents[1]
-DEFAULT_MODEL = REPO / "weights" / "minigrok-shakespeare.gguf"  # shipped with the repository
+DEFAULT_MODEL = shipped_model()  # weights/minigrok-shakespeare.gguf, found from any install and working directory
 
 # command -> (module with add_arguments(parser) and run(args) -> int, or None if defined in this file; help)
 COMMANDS: dict[str, tuple[str | None, str]] = {

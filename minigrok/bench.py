@@ -52,14 +52,14 @@ MODELS = ("shipped", "large")
 
 # ---- command line ------------------------------------------------------------------------------------------------
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from .__main__ import DEFAULT_MODEL, REPO, positive_int
+    from .__main__ import DEFAULT_MODEL, positive_int
 
     p.add_argument("--json", action="store_true", help="print the results as JSON instead of Markdown tables")
     p.add_argument("--threads", type=positive_int, default=os.cpu_count() or 1, help="threads for every engine")
     p.add_argument("--models", default=",".join(MODELS), help="comma-separated: shipped, large (default: both)")
     p.add_argument("--types", default=",".join(TYPES), help="comma-separated: f32, q8_0, q4_0 (default: all)")
     p.add_argument("--engines", default=",".join(ENGINES), help=f"comma-separated, of: {', '.join(ENGINES)}")
-    p.add_argument("--model", help=f"the 'shipped' model file (default: {DEFAULT_MODEL.relative_to(REPO)})")
+    p.add_argument("--model", help=f"the 'shipped' model file (default: {DEFAULT_MODEL})")
     p.add_argument("--prompt-tokens", type=positive_int, default=128, help="prompt length (default: 128)")
     p.add_argument("--decode-tokens", type=positive_int, default=64, help="greedy decode steps (default: 64)")
     p.add_argument("--naive-decode-tokens", type=positive_int, default=8, help="decode steps of naive (default: 8)")
