@@ -1,1 +1,94 @@
-"""Numba twins of the hot loops; each has a NumPy reference and a test tying them together."""
+"""Numba twins of the hot loops; each has a NumPy reference and a test tying them together.
+
+Importing this package chooses where Numba caches the compiled kernels, before any kernel module is imported.
+Numba keys its on-disk cache by each function's own source file (numba/numba #1833, #9483): a cached kernel that
+calls a jitted function from another file, or reads a constant from a reference module, keeps running the old
+machine code after that other file changes. So the cache lives in a folder named by a hash of every source file
+of the package (``CACHE_DIR``, under ``$NUMBA_CACHE_DIR`` if set, else ``$XDG_CACHE_HOME/minigrok`` or
+``~/.cache/minigrok``): any edit, a ``git pull`` or a new version compiles afresh, and an unchanged package
+loads what it compiled before. Folders of older versions are removed, the most recently used few kept.
+
+Compiling takes a while the first time (tens of seconds on 2 cores), so :func:`compiling` prints one line on
+stderr saying so, once per version of the code and weight type.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import numba
+
+PACKAGE = Path(__file__).resolve().parents[1]  # minigrok/
+KEEP_VERSIONS = 4  # cache folders of other versions of the code kept (learners switch back and forth)
+
+
+def source_hash(package: Path = PACKAGE) -> str:
+    """A hash (16 hex digits) of the name and bytes of every .py file under ``package``: kernels compile the
+    reference modules' constants and helpers into their machine code, so all of them count."""
+    digest = hashlib.sha256()
+    for path in sorted(package.rglob("*.py")):
+        digest.update(path.relative_to(package).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
+
+
+def _cache_root() -> Path:
+    if os.environ.get("NUMBA_CACHE_DIR"):
+        return Path(os.environ["NUMBA_CACHE_DIR"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "minigrok"
+
+
+def _prune(root: Path, keep: Path) -> None:
+    """Delete the kernel folders of other versions of the code, but the KEEP_VERSIONS most recently used."""
+    others = [p for p in root.glob("numba-*") if p.is_dir() and p != keep]
+    others.sort(key=lambda p: p.stat().st_mtime, reverse=True)
+    for old in others[KEEP_VERSIONS:]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+CACHE_DIR = _cache_root() / f"numba-{source_hash()}"
+_first_run = not CACHE_DIR.is_dir()
+try:
+    CACHE_DIR.mkdir(parents=True, exist_ok=True)
+    os.utime(CACHE_DIR)  # marks it used, for _prune
+    if _first_run:
+        _prune(CACHE_DIR.parent, CACHE_DIR)
+except OSError:  # a read-only home: Numba then compiles in memory, every run (its cache skips unwritable folders)
+    pass
+numba.config.CACHE_DIR = str(CACHE_DIR)  # read when each @njit(cache=True) below this package is decorated
+
+_announced = False
+
+
+def _announce(what: str, seconds: str) -> None:
+    global _announced
+    if not _announced:
+        _announced = True
+        print(
+            f"minigrok: compiling {what} with Numba (once for this version of the code, ~{seconds} s on 2 cores); "
+            f"cached in {CACHE_DIR}",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
+if _first_run:
+    _announce("the kernels", "20")  # the kernel modules compile their fixed-signature functions as they are imported
+
+
+@contextlib.contextmanager
+def compiling(what: str, seconds: str = "6"):
+    """Wrap the first call of kernels that compile for one kind of input, e.g. ``compiling("the Q8_0 decode
+    step")``: if that has not been compiled into CACHE_DIR yet, say so on stderr (one line per process: the
+    first line, printed on import for a new CACHE_DIR, covers it), and remember that it now is. ``seconds``: a
+    rough duration to print (measured on a 2-vCPU AMD EPYC)."""
+    marker = CACHE_DIR / f"compiled {what}"
+    if not marker.exists():
+        _announce(what, seconds)
+    yield
+    with contextlib.suppress(OSError):
+        marker.touch()

@@ -19,8 +19,8 @@ tests/test_decode_kernels.py checks that both give the same logits, step after s
 weights, every attention pattern and several head and expert shapes. ``forward`` takes this path for one token
 of one sequence with a cache whose use_kernel is on, when every weight is float32 or Q8_0/Q4_0.
 
-Numba caches each compiled function on disk keyed by its own file only: after editing quant_kernels.py or
-attention_kernels.py, delete minigrok/kernels/__pycache__/*.nb[ic] so that these kernels pick the change up.
+Compiled code is cached on disk in a folder keyed by a hash of every source file (see kernels/__init__.py), so an
+edit to any of them, here or in the reference modules, is picked up by the next run.
 """
 
 from __future__ import annotations
