@@ -3,8 +3,8 @@
 Importing this package chooses where Numba caches the compiled kernels, before any kernel module is imported.
 Numba keys its on-disk cache by each function's own source file (numba/numba #1833, #9483): a cached kernel that
 calls a jitted function from another file, or reads a constant from a reference module, keeps running the old
-machine code after that other file changes. So the cache lives in a folder named by a hash of every source file
-of the package (``CACHE_DIR``, under ``$NUMBA_CACHE_DIR`` if set, else ``$XDG_CACHE_HOME/minigrok`` or
+machine code after that other file changes. So the cache lives in a folder named by a hash of the kernels' files
+and of every module they import (``CACHE_DIR``, under ``$NUMBA_CACHE_DIR`` if set, else ``$XDG_CACHE_HOME/minigrok`` or
 ``~/.cache/minigrok``): any edit, a ``git pull`` or a new version compiles afresh, and an unchanged package
 loads what it compiled before. Folders of older versions are removed, the most recently used few kept.
 
@@ -14,6 +14,7 @@ stderr saying so, once per version of the code and weight type.
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import hashlib
 import os
@@ -27,11 +28,31 @@ PACKAGE = Path(__file__).resolve().parents[1]  # minigrok/
 KEEP_VERSIONS = 4  # cache folders of other versions of the code kept (learners switch back and forth)
 
 
+def kernel_sources(package: Path = PACKAGE) -> list[Path]:
+    """kernels/*.py and every module of the package they import, directly or not (read with ast, not imported):
+    the kernels compile those modules' constants and helpers into their machine code."""
+    todo, seen = sorted((package / "kernels").glob("*.py")), set()
+    while todo:
+        path = todo.pop()
+        if path in seen:
+            continue
+        seen.add(path)
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if not isinstance(node, ast.ImportFrom) or (node.level == 0 and node.module.split(".")[0] != "minigrok"):
+                continue
+            base = path.parents[node.level - 1] if node.level else package.parent
+            target = base.joinpath(*(node.module or "").split("."))
+            modules = [target.with_suffix(".py"), target / "__init__.py"] + [
+                target / f"{a.name}.py" for a in node.names
+            ]
+            todo += [m for m in modules if m.is_file()]
+    return sorted(seen)
+
+
 def source_hash(package: Path = PACKAGE) -> str:
-    """A hash (16 hex digits) of the name and bytes of every .py file under ``package``: kernels compile the
-    reference modules' constants and helpers into their machine code, so all of them count."""
+    """A hash (16 hex digits) of the names and bytes of :func:`kernel_sources`."""
     digest = hashlib.sha256()
-    for path in sorted(package.rglob("*.py")):
+    for path in kernel_sources(package):
         digest.update(path.relative_to(package).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()[:16]
 
