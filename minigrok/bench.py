@@ -201,8 +201,10 @@ def machine(threads: int) -> dict:
     cpu = next((line.split(":", 1)[1].strip() for line in _read("/proc/cpuinfo") if line.startswith("model name")), "")
     mem = next((int(line.split()[1]) * 1024 for line in _read("/proc/meminfo") if line.startswith("MemTotal")), 0)
     flags = next((line.split(":", 1)[1].split() for line in _read("/proc/cpuinfo") if line.startswith("flags")), [])
+    from .llamacpp import configuration
+
     versions = {}
-    for name in ("numpy", "numba", "llama_cpp_python"):
+    for name in ("numpy", "numba"):
         try:
             from importlib.metadata import version
 
@@ -213,10 +215,11 @@ def machine(threads: int) -> dict:
         "cpu": cpu or platform.processor(),
         "cores": os.cpu_count(),
         "ram_gb": round(mem / 1e9, 1),
-        "simd": [f for f in ("avx2", "avx512f", "avx512_vnni") if f in flags],
+        "simd": [f for f in ("avx2", "avx_vnni", "avx512f", "avx512_vnni", "amx_int8") if f in flags],
         "threads": threads,
         "python": platform.python_version(),
         **versions,
+        **configuration(),  # llama_cpp_python (version), extra_bufts, extra_bufts_why
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
 
@@ -234,7 +237,8 @@ def markdown(report: dict) -> str:
     lines = [
         f"Machine: {m['cpu']}, {m['cores']} cores ({', '.join(m['simd'])}), {m['ram_gb']} GB RAM; "
         f"{m['threads']} threads; Python {m['python']}, NumPy {m['numpy']}, Numba {m['numba']}, "
-        f"llama-cpp-python {m['llama_cpp_python']}; {m['date']}.",
+        f"llama-cpp-python {m['llama_cpp_python']} (extra buffer types, i.e. weight repacking, "
+        f"{'on' if m['extra_bufts'] else 'off'}: {m['extra_bufts_why']}); {m['date']}.",
         f"Command: `{report['command']}`",
         f"Memory bandwidth: {bw['bandwidth_gb_s']:.1f} GB/s (NumPy sum, 1 thread: {bw['sum_gb_s']:.1f} GB/s; "
         f"matrix-vector, {m['threads']} threads: {bw['matvec_gb_s']:.1f} GB/s).",
@@ -394,16 +398,16 @@ def _minigrok_engine(spec: dict, max_len: int):
 def _llama_engine(spec: dict, max_len: int):
     """(run_prompt, step) for llama.cpp via llama-cpp-python, on the same file, prompt and threads."""
     import numpy as np
-    from llama_cpp import Llama
 
-    llm = Llama(
-        model_path=spec["path"],
+    from .llamacpp import open_llama
+
+    llm = open_llama(  # extra buffer types (weight repacking) off on CPUs with AMX, where they crash
+        spec["path"],
         n_ctx=max_len,
         n_batch=spec["prompt_tokens"],
         n_ubatch=spec["prompt_tokens"],
         n_threads=spec["threads"],
         n_threads_batch=spec["threads"],
-        verbose=False,
     )
     vocab = llm.n_vocab()
     ids = prompt_ids(vocab, spec["prompt_tokens"]).tolist()

@@ -1,7 +1,9 @@
 """minigrok computes what llama.cpp computes: logits, greedy tokens and tokenization of the same grok GGUF file.
 
 Needs llama-cpp-python (``pip install llama-cpp-python``, which builds llama.cpp from source: ~6 minutes on 2 cores);
-every test here is skipped, with that reason, where it is not installed.
+every test here is skipped, with that reason, where it is not installed. llama.cpp runs in a child process
+(minigrok/llamacpp.py), so a native crash fails one test and names the signal; on CPUs with AMX its extra buffer
+types (weight repacking) are off, because its AMX matrix product segfaults there (ggml-org/llama.cpp #20824).
 
 Where llama.cpp and minigrok differ on purpose, and how big that is (max |logit difference|, relative to the largest
 |logit|, measured on the models below):
@@ -49,23 +51,30 @@ say "shipped" (weights/minigrok-shakespeare.gguf, F16).
 
 from __future__ import annotations
 
+import importlib.util
+import os
+import signal
+
 import numpy as np
 import pytest
 
-llama_cpp = pytest.importorskip(
-    "llama_cpp", reason="llama-cpp-python is not installed (pip install llama-cpp-python; it builds llama.cpp)"
-)
+import minigrok.model
+import minigrok.moe
+from minigrok.checkpoint import load_gguf, save_gguf
+from minigrok.config import ModelConfig, grok1_constants
+from minigrok.generate import generate
+from minigrok.layers import gelu_tanh
+from minigrok.llamacpp import LlamaCpp, LlamaCppCrashed, configuration, cpu_has_amx
+from minigrok.model import forward, init_cache
+from minigrok.quantize import convert
+from minigrok.shipped import shipped_model
+from minigrok.tokenizer import Tokenizer, train_bpe
 
-import minigrok.model  # noqa: E402
-import minigrok.moe  # noqa: E402
-from minigrok.__main__ import DEFAULT_MODEL  # noqa: E402
-from minigrok.checkpoint import load_gguf, save_gguf  # noqa: E402
-from minigrok.config import ModelConfig, grok1_constants  # noqa: E402
-from minigrok.generate import generate  # noqa: E402
-from minigrok.layers import gelu_tanh  # noqa: E402
-from minigrok.model import forward, init_cache  # noqa: E402
-from minigrok.quantize import convert  # noqa: E402
-from minigrok.tokenizer import Tokenizer, train_bpe  # noqa: E402
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("llama_cpp") is None,
+    reason="llama-cpp-python is not installed (pip install llama-cpp-python; it builds llama.cpp)",
+)
+DEFAULT_MODEL = shipped_model()
 
 # Tolerances: max |logit difference| / max |logit| over every position. Measured values are in the module
 # docstring; each tolerance is about 3x the worst measured case.
@@ -80,6 +89,41 @@ ROUTER_TIE = {"random": 1e-3, "trained": 5e-4, "quantized": 5e-3, "trained-quant
 RTOL_QUANT = {"random": 3e-2, "trained": 1.5e-2}
 
 PROMPT = "To be, or not to be: that is the question"
+
+
+# ---- llama.cpp itself, on this CPU -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("qtype", ["q8_0", "q4_0"])
+def test_llama_cpp_gives_logits_for_quantized_files_on_this_cpu(qtype):
+    """The files that crashed llama.cpp on AMX CPUs (its repacked Q8_0/Q4_0 weights): logits come back, finite,
+    and the same with repacking forced off as with this CPU's default configuration."""
+    path = shipped_model(f"minigrok-shakespeare-{qtype}.gguf")
+    _, config, tokenizer = load_gguf(path)
+    ids = tokenizer.encode(PROMPT)
+    logits = LlamaCpp(path, n_ctx=config.context_length).logits(ids)  # (T, vocab)
+    assert logits.shape == (len(ids), config.vocab_size) and np.isfinite(logits).all()
+    assert np.abs(logits).max() > 1  # real logits, not an empty buffer
+    plain = LlamaCpp(path, n_ctx=config.context_length, extra_bufts=False).logits(ids)  # (T, vocab)
+    assert relative_diff(plain, logits) < 1e-3  # repacking reorders sums only
+    assert configuration()["extra_bufts"] == (not cpu_has_amx())
+
+
+def test_a_crash_in_llama_cpp_fails_one_call_and_names_the_signal():
+    llm = LlamaCpp(DEFAULT_MODEL, vocab_only=True)
+    assert llm.tokenize("ROMEO:")
+    os.kill(llm.pid, signal.SIGSEGV)  # what the AMX matrix product did to the whole test run
+    with pytest.raises(LlamaCppCrashed, match="SIGSEGV"):
+        llm.tokenize("ROMEO:")
+    assert llm.tokenize("ROMEO:") == load_gguf(DEFAULT_MODEL)[2].encode("ROMEO:")  # a fresh child answers
+
+
+def test_cpu_has_amx_reads_the_cpu_flags(tmp_path):
+    for flags, amx in [("fpu avx2 avx512f", False), ("fpu avx512f amx_bf16 amx_tile amx_int8", True)]:
+        cpuinfo = tmp_path / f"cpuinfo-{amx}"
+        cpuinfo.write_text(f"processor\t: 0\nflags\t\t: {flags}\n")
+        assert cpu_has_amx(str(cpuinfo)) is amx
+    assert cpu_has_amx(str(tmp_path / "missing")) is False
 
 
 # ---- helpers -----------------------------------------------------------------------------------------------------
@@ -117,42 +161,6 @@ def tokenizer_for(vocab_size: int) -> Tokenizer:
         pairs = [(a + b).encode() for a in letters for b in letters][: vocab_size - 257]
         _TOKENIZERS[vocab_size] = Tokenizer([bytes([b]) for b in range(256)] + pairs)
     return _TOKENIZERS[vocab_size]
-
-
-def open_llama(path, *, f32_cache: bool = True, n_ctx: int = 256):
-    """llama.cpp on ``path``, keeping the logits of every position; F32 K/V cache unless f32_cache is False."""
-    cache_type = llama_cpp.GGML_TYPE_F32 if f32_cache else None  # None = llama.cpp's default (F16)
-    return llama_cpp.Llama(
-        model_path=str(path),
-        n_ctx=n_ctx,
-        n_threads=1,
-        n_threads_batch=1,
-        logits_all=True,
-        type_k=cache_type,
-        type_v=cache_type,
-        verbose=False,
-    )
-
-
-def llama_logits(llm, ids: list[int]) -> np.ndarray:
-    """llama.cpp's logits (T, vocab) for ids at positions 0..T-1 (one batch, a fresh KV cache)."""
-    llm.reset()
-    llm.eval(ids)
-    return np.array(llm.scores[: llm.n_tokens], dtype=np.float32)
-
-
-def llama_greedy(llm, prompt_ids: list[int], max_new_tokens: int, eot_id: int) -> list[int]:
-    """llama.cpp's greedy continuation: the prompt in one batch, then one token per decode call (KV cache)."""
-    llm.reset()
-    llm.eval(prompt_ids)
-    out: list[int] = []
-    while len(out) < max_new_tokens:
-        token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
-        out.append(token)
-        if token == eot_id:
-            break
-        llm.eval([token])
-    return out
 
 
 def router_margins(params, config, ids, monkeypatch, one_by_one: bool = False) -> np.ndarray:
@@ -265,7 +273,7 @@ def test_logits_equal_llama_cpp_at_every_position(name, model_files, monkeypatch
     margin = router_margins(params, as_llama, ids, monkeypatch).min()
     assert margin > ROUTER_TIE["random"], f"router near tie ({margin:.1e}): pick another seed for this case"
 
-    theirs = llama_logits(open_llama(path, n_ctx=config.context_length), ids)  # (T, vocab)
+    theirs = LlamaCpp(path, n_ctx=config.context_length).logits(ids)  # (T, vocab)
     ours = minigrok_logits(params, as_llama, ids)  # (T, vocab)
     assert theirs.shape == ours.shape == (len(ids), config.vocab_size)
     assert relative_diff(ours, theirs) < RTOL[dtype]
@@ -304,7 +312,7 @@ def test_greedy_generation_picks_the_same_tokens(name, model_files, monkeypatch)
     tokenizer = tokenizer_for(config.vocab_size)
     as_llama = config.replace(renormalize_gates=True)
     ours = generate(params, as_llama, tokenizer, "ROMEO: but soft", 24, temperature=0.0)
-    theirs = llama_greedy(open_llama(path, n_ctx=config.context_length), ours.prompt_ids, 24, tokenizer.eot_id)
+    theirs = LlamaCpp(path, n_ctx=config.context_length).greedy(ours.prompt_ids, 24, tokenizer.eot_id)
     rtol = RTOL[CASES[name][1]]
     n = trusted_greedy_tokens(
         params, as_llama, ours.prompt_ids, ours.token_ids, ROUTER_TIE["random"], rtol, monkeypatch
@@ -340,7 +348,7 @@ def test_quantized_logits_equal_llama_cpp_at_every_position(name, tmp_path, monk
     as_llama = config.replace(renormalize_gates=True)
     margin = router_margins(params, as_llama, ids, monkeypatch, one_by_one=True).min()
     assert margin > ROUTER_TIE["quantized"], f"router near tie ({margin:.1e}): pick another seed for this case"
-    theirs = llama_logits(open_llama(path, n_ctx=config.context_length), ids)
+    theirs = LlamaCpp(path, n_ctx=config.context_length).logits(ids)
     ours = decode_logits(params, as_llama, ids)
     assert relative_diff(ours, theirs) < RTOL_QUANT["random"]
     assert np.array_equal(ours.argmax(-1), theirs.argmax(-1))
@@ -391,20 +399,20 @@ def multilingual(tmp_path_factory):
     config = grok(32, 1, 2, 1, 2, 1, True, vocab=tokenizer.vocab_size)
     path = tmp_path_factory.mktemp("tok") / "vocab.gguf"
     save_gguf(path, random_params(config, 0), config, tokenizer)
-    return tokenizer, llama_cpp.Llama(model_path=str(path), vocab_only=True, verbose=False)
+    return tokenizer, LlamaCpp(path, vocab_only=True)
 
 
 @pytest.mark.parametrize("text", TEXTS)
 def test_tokenization_equals_llama_cpp(text, multilingual):
     tokenizer, llm = multilingual
-    assert llm.tokenize(text.encode("utf-8"), add_bos=False, special=False) == tokenizer.encode(text)
+    assert llm.tokenize(text) == tokenizer.encode(text)
 
 
 def test_tokenization_uses_merges_across_scripts(multilingual):
     """The comparison above is not trivially bytes: the vocabulary merges non-ASCII text, as llama.cpp does."""
     tokenizer, llm = multilingual
     text = "naïve café 日本語のテキスト Ελληνικά"
-    ids = llm.tokenize(text.encode("utf-8"), add_bos=False, special=False)
+    ids = llm.tokenize(text)
     assert len(ids) < len(text.encode("utf-8")) / 3
     assert llm.detokenize(ids).decode("utf-8") == text == tokenizer.decode(ids)
 
@@ -462,10 +470,10 @@ def test_shipped_model_logits_and_greedy_tokens(shipped, monkeypatch):
     accepted only after such a tie, and the comparison stops there (causal attention leaves earlier positions as
     they were). The prompts are chosen so that most of them is compared."""
     params, config, tokenizer = shipped
-    llm = open_llama(DEFAULT_MODEL, n_ctx=config.context_length)
+    llm = LlamaCpp(DEFAULT_MODEL, n_ctx=config.context_length)
     ids = tokenizer.encode(SHIPPED_PROMPT)
     as_llama = config.replace(renormalize_gates=True)
-    theirs = llama_logits(llm, ids)
+    theirs = llm.logits(ids)
     ours = minigrok_logits(params, as_llama, ids)
     margins = router_margins(params, as_llama, ids, monkeypatch)
     rtol = RTOL[weight_type(DEFAULT_MODEL)]
@@ -479,7 +487,7 @@ def test_shipped_model_logits_and_greedy_tokens(shipped, monkeypatch):
     assert np.abs(raw - theirs).max() <= np.abs(raw - ours).max() + rtol * np.abs(theirs).max()
 
     result = generate(params, as_llama, tokenizer, GREEDY_PROMPT, 30, temperature=0.0)
-    theirs = llama_greedy(llm, result.prompt_ids, 30, tokenizer.eot_id)
+    theirs = llm.greedy(result.prompt_ids, 30, tokenizer.eot_id)
     trusted = trusted_greedy_tokens(
         params, as_llama, result.prompt_ids, result.token_ids, ROUTER_TIE["trained"], rtol, monkeypatch
     )
@@ -490,7 +498,7 @@ def test_shipped_model_default_settings(shipped):
     """llama.cpp as a user runs it (F16 KV cache) still agrees with minigrok (raw gates, exact GELU) closely."""
     params, config, tokenizer = shipped
     ids = tokenizer.encode(SHIPPED_PROMPT)
-    theirs = llama_logits(open_llama(DEFAULT_MODEL, f32_cache=False, n_ctx=config.context_length), ids)
+    theirs = LlamaCpp(DEFAULT_MODEL, f32_cache=False, n_ctx=config.context_length).logits(ids)
     ours = minigrok_logits(params, config, ids)
     assert relative_diff(ours, theirs) < 1e-3  # measured 2.9e-4 (mostly the gate renormalization)
     assert np.array_equal(ours.argmax(-1), theirs.argmax(-1))
@@ -498,9 +506,9 @@ def test_shipped_model_default_settings(shipped):
 
 def test_shipped_tokenizer_equals_llama_cpp(shipped):
     _, _, tokenizer = shipped
-    llm = llama_cpp.Llama(model_path=str(DEFAULT_MODEL), vocab_only=True, verbose=False)
+    llm = LlamaCpp(DEFAULT_MODEL, vocab_only=True)
     for text in [*TEXTS, SHIPPED_PROMPT]:
-        assert llm.tokenize(text.encode("utf-8"), add_bos=False, special=False) == tokenizer.encode(text), text
+        assert llm.tokenize(text) == tokenizer.encode(text), text
 
 
 @pytest.mark.parametrize("qtype", ["q8_0", "q4_0"])
@@ -510,14 +518,14 @@ def test_shipped_model_quantized_logits_and_greedy_tokens(shipped, qtype, tmp_pa
     save_quantized(path, params, config, tokenizer, qtype)
     params, config, _ = load_gguf(path)
     as_llama = config.replace(renormalize_gates=True)
-    llm = open_llama(path, n_ctx=config.context_length)
+    llm = LlamaCpp(path, n_ctx=config.context_length)
     ids = tokenizer.encode(SHIPPED_PROMPT)
     tie, rtol = ROUTER_TIE["trained-quantized"], RTOL_QUANT["trained"]
     margins = router_margins(params, as_llama, ids, monkeypatch, one_by_one=True)
-    n = agreeing_positions(decode_logits(params, as_llama, ids), llama_logits(llm, ids), margins, tie, rtol)
+    n = agreeing_positions(decode_logits(params, as_llama, ids), llm.logits(ids), margins, tie, rtol)
     assert n >= 16, f"only {n} of {len(ids)} positions compared: choose another SHIPPED_PROMPT"
 
     result = generate(params, as_llama, tokenizer, GREEDY_PROMPT, 30, temperature=0.0)  # < 16 tokens: decode path
-    theirs = llama_greedy(llm, result.prompt_ids, 30, tokenizer.eot_id)
+    theirs = llm.greedy(result.prompt_ids, 30, tokenizer.eot_id)
     trusted = trusted_greedy_tokens(params, as_llama, result.prompt_ids, result.token_ids, tie, rtol, monkeypatch, True)
     assert agreeing_tokens(result.token_ids, theirs, trusted) >= 10, "choose another GREEDY_PROMPT"
