@@ -52,6 +52,7 @@ def test_prompt_ids_are_fixed_and_avoid_the_last_id():
     assert ids.min() >= 0 and ids.max() == 298  # 299, the end-of-text token of a minigrok tokenizer, never drawn
 
 
+@pytest.mark.slow
 def test_bench_end_to_end_on_a_tiny_model(tiny_path, capsys):
     args = ["bench", "--models", "shipped", "--model", str(tiny_path), "--types", "f32", "--threads", "1"]
     args += ["--engines", "minigrok,minigrok-numpy,naive", "--prompt-tokens", "8", "--decode-tokens", "5"]

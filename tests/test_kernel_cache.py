@@ -13,6 +13,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import minigrok
 
 # f32_matvec (kernels/decode.py) cuts its rows into n_chunks(...) blocks (kernels/quant_kernels.py), then fills
@@ -40,6 +42,7 @@ def run_kernel(tmp_path: Path) -> tuple[str, str]:
     return proc.stdout.strip(), proc.stderr
 
 
+@pytest.mark.slow
 def test_an_edit_to_a_helper_in_another_file_reaches_its_cached_caller(tmp_path):
     package = tmp_path / "src" / "minigrok"
     shutil.copytree(Path(minigrok.__file__).parent, package, ignore=shutil.ignore_patterns("__pycache__"))

@@ -3,13 +3,13 @@
 Importing this package chooses where Numba caches the compiled kernels, before any kernel module is imported.
 Numba keys its on-disk cache by each function's own source file (numba/numba #1833, #9483): a cached kernel that
 calls a jitted function from another file, or reads a constant from a reference module, keeps running the old
-machine code after that other file changes. So the cache lives in a folder named by a hash of the kernels' files
-and of every module they import (``CACHE_DIR``, under ``$NUMBA_CACHE_DIR`` if set, else ``$XDG_CACHE_HOME/minigrok`` or
-``~/.cache/minigrok``): any edit, a ``git pull`` or a new version compiles afresh, and an unchanged package
-loads what it compiled before. Folders of older versions are removed, the most recently used few kept.
+machine code after that other file changes. So the cache lives in a folder named by a hash of the package's
+location, the kernels' files and every module they import (``CACHE_DIR``, under ``$NUMBA_CACHE_DIR`` if set, else
+``$XDG_CACHE_HOME/minigrok`` or ``~/.cache/minigrok``): an edit, a ``git pull`` or a new version compiles afresh,
+an unchanged package loads what it compiled before. Older folders are removed, the most recently used few kept.
 
-Compiling takes a while the first time (tens of seconds on 2 cores), so :func:`compiling` prints one line on
-stderr saying so, once per version of the code and weight type.
+Compiling takes a while the first time (~20 s on 2 cores), so it prints one line on stderr saying so: on import
+for a new CACHE_DIR, and in :func:`compiling` for each kind of input compiled for the first time.
 """
 
 from __future__ import annotations
@@ -50,8 +50,9 @@ def kernel_sources(package: Path = PACKAGE) -> list[Path]:
 
 
 def source_hash(package: Path = PACKAGE) -> str:
-    """A hash (16 hex digits) of the names and bytes of :func:`kernel_sources`."""
-    digest = hashlib.sha256()
+    """A hash (16 hex digits) of where the package is and of the names and bytes of :func:`kernel_sources`. (Numba
+    files its cache by each source file's folder too, so another checkout or install compiles its own.)"""
+    digest = hashlib.sha256(str(package).encode() + b"\0")
     for path in kernel_sources(package):
         digest.update(path.relative_to(package).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()[:16]
