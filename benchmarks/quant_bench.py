@@ -36,6 +36,8 @@ from pathlib import Path
 
 import numpy as np
 
+from minigrok.shipped import shipped_model
+
 REPO = Path(__file__).resolve().parents[1]
 KEEP = "<!-- written by hand: quant_bench.py keeps what follows this line when it rewrites the file -->"
 NOTES = """
@@ -200,7 +202,7 @@ def table(header: list[str], rows: list[list[str]]) -> str:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", default=str(REPO / "weights" / "minigrok-shakespeare.gguf"), help="GGUF model")
+    p.add_argument("--model", default=str(shipped_model()), help="GGUF model")
     p.add_argument("--data", default=str(REPO / "data" / "shakespeare"), help="prepared data folder (held-out split)")
     p.add_argument("--eval-tokens", type=int, default=None, help="evaluate only the first N held-out tokens")
     p.add_argument("--prompt-tokens", type=int, default=128, help="prefill length (default: 128)")

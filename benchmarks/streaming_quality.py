@@ -31,6 +31,7 @@ from minigrok import attention as attn
 from minigrok.checkpoint import load_gguf
 from minigrok.evaluate import token_nats, window_starts
 from minigrok.model import forward, init_cache
+from minigrok.shipped import shipped_model
 from minigrok.train.data import load_split
 
 HERE = Path(__file__).resolve().parent
@@ -97,7 +98,7 @@ def per_bucket(nats: np.ndarray, chars: np.ndarray, bucket: int) -> np.ndarray:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", default="weights/minigrok-shakespeare.gguf", help="a dense-trained GGUF model")
+    p.add_argument("--model", default=str(shipped_model()), help="a dense-trained GGUF model")
     p.add_argument("--window-model", help="optional: a model trained with window attention, run with its pattern")
     p.add_argument("--window-attention", help="the window model's pattern, if its file does not record it")
     p.add_argument("--data", default="data/shakespeare", help="prepared data folder (default: %(default)s)")
