@@ -1,0 +1,71 @@
+"""Hostile and extreme inputs (issue 12): each kind of failure is checked everywhere it can occur."""
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+import minigrok.kernels.decode as decode
+from minigrok.layers import rms_norm
+from minigrok.train import backward as bw
+
+EPS = 1e-5
+
+# ---- RMSNorm for every finite float32 input -------------------------------------------------------------------------
+
+# Rows of any finite float32 values, from subnormals to ±3.4e38, and rows spread over a single wide magnitude.
+any_finite32 = st.floats(width=32, allow_nan=False, allow_infinity=False)
+rows = st.one_of(
+    arrays(np.float32, st.tuples(st.integers(1, 3), st.integers(1, 24)), elements=any_finite32),
+    st.builds(
+        lambda x, e: (x * np.float32(10.0**e)).astype(np.float32),
+        arrays(np.float32, st.tuples(st.integers(1, 3), st.integers(1, 24)), elements=st.floats(-3, 3, width=32)),
+        st.integers(-40, 37),
+    ),
+)
+
+
+def rms_norm_64(x, w, eps):
+    x = x.astype(np.float64)
+    return w.astype(np.float64) * x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps)
+
+
+@settings(max_examples=50, deadline=None)
+@given(rows)
+def test_rms_norm_matches_float64_for_every_finite_input(x):
+    # Before: squares above ~1.8e19 overflowed float32, so inputs of 1e20 normalised to 0 (and 3e38 to NaN).
+    w = np.linspace(-2, 2, x.shape[-1], dtype=np.float32)
+    want = rms_norm_64(x, w, EPS)
+    got = rms_norm(x, w, EPS)
+    assert got.dtype == np.float32 and np.all(np.isfinite(got))
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-37)  # atol: outputs that are float32 subnormals
+    out = np.empty((1, x.shape[-1]), np.float32)  # the compiled decode step's RMSNorm, one row at a time
+    for row, want_row in zip(x, want, strict=True):
+        decode._rms_norm(row[None, :], w, np.float32(EPS), out)
+        np.testing.assert_allclose(out[0], want_row, rtol=1e-6, atol=1e-37)
+
+
+def test_rms_norm_of_huge_inputs_known_answer():
+    # [3e30, 4e30]: rms = 5e30/sqrt(2), so x/rms = [0.6, 0.8]·sqrt(2); float32 squares (9e60) would be inf.
+    x = np.array([[3e30, 4e30]], np.float32)
+    want = np.array([[0.6, 0.8]]) * np.sqrt(2)
+    np.testing.assert_allclose(rms_norm(x, np.ones(2, np.float32), EPS), want, rtol=1e-6)
+    out = np.empty_like(x)
+    decode._rms_norm(x, np.ones(2, np.float32), np.float32(EPS), out)
+    np.testing.assert_allclose(out, want, rtol=1e-6)
+
+
+@settings(max_examples=50, deadline=None)
+@given(rows, st.integers(0, 2**31 - 1))
+def test_rms_norm_backward_matches_float64_for_every_finite_input(x, seed):
+    rng = np.random.default_rng(seed)
+    w = rng.standard_normal(x.shape[-1]).astype(np.float32)
+    dy = rng.standard_normal(x.shape).astype(np.float32)
+    dx, dw = bw.rms_norm_backward(dy, x, w, EPS)
+    dx64, dw64 = bw.rms_norm_backward(dy.astype(np.float64), x.astype(np.float64), w.astype(np.float64), EPS)
+    assert dx.dtype == np.float32 and np.all(np.isfinite(dx)) and np.all(np.isfinite(dw))
+    # dx is a difference of terms of size |dy·w| / rms: compare at that scale, row by row.
+    x64 = x.astype(np.float64)
+    scale = np.abs(dy * w).max(axis=-1, keepdims=True) / np.sqrt(np.mean(x64 * x64, axis=-1, keepdims=True) + EPS)
+    assert np.all(np.abs(dx - dx64) <= 1e-5 * scale + 1e-37)
+    np.testing.assert_allclose(dw, dw64, rtol=1e-5, atol=1e-5 * np.abs(dy).sum())
