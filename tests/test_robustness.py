@@ -6,6 +6,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 import minigrok.kernels.decode as decode
+from minigrok import quant
 from minigrok.layers import rms_norm
 from minigrok.train import backward as bw
 
@@ -69,3 +70,31 @@ def test_rms_norm_backward_matches_float64_for_every_finite_input(x, seed):
     scale = np.abs(dy * w).max(axis=-1, keepdims=True) / np.sqrt(np.mean(x64 * x64, axis=-1, keepdims=True) + EPS)
     assert np.all(np.abs(dx - dx64) <= 1e-5 * scale + 1e-37)
     np.testing.assert_allclose(dw, dw64, rtol=1e-5, atol=1e-5 * np.abs(dy).sum())
+
+
+# ---- quantization does not depend on NumPy's global error state ------------------------------------------------------
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    arrays(np.float32, st.tuples(st.integers(1, 3), st.just(64)), elements=st.floats(-1, 1, width=32)),
+    st.integers(-45, 3),
+    st.sampled_from(["q8_0", "q4_0"]),
+)
+def test_quantize_gives_the_same_bytes_whatever_the_callers_error_state(x, e, qtype):
+    x = (x * np.float64(10.0) ** e).astype(np.float32)  # blocks from subnormal to ~1000
+    want = quant.quantize(x, qtype)
+    with np.errstate(all="raise"):  # before: FloatingPointError (underflow) once the scale was subnormal
+        np.testing.assert_array_equal(quant.quantize(x, qtype), want)
+        np.testing.assert_array_equal(quant.dequantize(want, qtype), quant.dequantize(want, qtype))
+
+
+def test_quantize_of_a_block_of_1e_38_is_zeros_under_errstate_raise():
+    # max 1e-38: d is subnormal in float32 and ±0 in fp16, and 1/d overflows, so every quant is 0.
+    # Q8_0's d = amax/127 is +0 (bytes 00 00); Q4_0's d = max/-8 is -0 (fp16 sign bit: bytes 00 80).
+    x = np.zeros(32, np.float32)
+    x[3] = 1e-38
+    for qtype, scale in (("q8_0", [0, 0]), ("q4_0", [0, 0x80])):
+        with np.errstate(all="raise"):
+            blocks = quant.quantize(x, qtype)
+        np.testing.assert_array_equal(blocks, scale + [0] * (quant.BLOCK_BYTES[qtype] - 2))
