@@ -164,8 +164,9 @@ def save_gguf(
 
 def check_destination(path: str | os.PathLike) -> None:
     """Raise CheckpointError unless a file can be written at ``path`` (its folder exists and is writable): what
-    save_gguf checks first, for callers that want to refuse before long work."""
-    path = Path(path)
+    save_gguf checks first, for callers that want to refuse before long work. A symlink is followed: its
+    target is the file written (fileio.atomic_write)."""
+    path = Path(os.path.realpath(path)) if os.path.islink(path) else Path(path)
     if not path.parent.is_dir():
         raise CheckpointError(f"cannot write {path}: the directory {path.parent} does not exist; create it first")
     if not os.access(path.parent, os.W_OK):

@@ -1,12 +1,18 @@
 """Hostile and extreme inputs (issue 12): each kind of failure is checked everywhere it can occur."""
 
+import os
+import stat
+
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
+from test_checkpoint import TINY, make_tokenizer, random_params
 
 import minigrok.kernels.decode as decode
 from minigrok import quant
+from minigrok.checkpoint import load_gguf, save_gguf
+from minigrok.fileio import atomic_write
 from minigrok.layers import rms_norm
 from minigrok.train import backward as bw
 
@@ -98,3 +104,39 @@ def test_quantize_of_a_block_of_1e_38_is_zeros_under_errstate_raise():
         with np.errstate(all="raise"):
             blocks = quant.quantize(x, qtype)
         np.testing.assert_array_equal(blocks, scale + [0] * (quant.BLOCK_BYTES[qtype] - 2))
+
+
+# ---- atomic writes follow symlinks and keep permissions --------------------------------------------------------------
+
+
+def test_atomic_write_through_a_symlink_writes_its_target_and_keeps_the_link(tmp_path):
+    (tmp_path / "real").mkdir()
+    target = tmp_path / "real" / "model.gguf"
+    target.write_text("old weights")
+    target.chmod(0o600)
+    link = tmp_path / "model.gguf"
+    link.symlink_to(target)
+    atomic_write(link, lambda tmp: tmp.write_text("new weights"))
+    # Before: the link became a regular file with the new weights, the target kept the old ones, mode 0644.
+    assert link.is_symlink() and os.readlink(link) == str(target)
+    assert target.read_text() == "new weights"
+    assert stat.S_IMODE(target.stat().st_mode) == 0o600
+    assert sorted(p.name for p in (tmp_path / "real").iterdir()) == ["model.gguf"]  # no temp file left
+    dangling = tmp_path / "new.gguf"  # a link to a file not yet there: the file is created where it points
+    dangling.symlink_to(tmp_path / "real" / "new-target.gguf")
+    atomic_write(dangling, lambda tmp: tmp.write_text("x"))
+    assert dangling.is_symlink() and (tmp_path / "real" / "new-target.gguf").read_text() == "x"
+    assert stat.S_IMODE((tmp_path / "real" / "new-target.gguf").stat().st_mode) == 0o644
+
+
+def test_save_gguf_onto_a_symlink_updates_the_linked_model(tmp_path):
+    tokenizer = make_tokenizer(TINY.vocab_size)
+    target = tmp_path / "model-v1.gguf"
+    save_gguf(target, random_params(TINY, seed=1), TINY, tokenizer)
+    link = tmp_path / "latest.gguf"
+    link.symlink_to(target.name)  # a relative link, as `ln -s model-v1.gguf latest.gguf` makes
+    new = random_params(TINY, seed=2)
+    save_gguf(link, new, TINY, tokenizer)
+    assert link.is_symlink() and os.readlink(link) == "model-v1.gguf"
+    params, _, _ = load_gguf(target)
+    np.testing.assert_array_equal(params["token_embd.weight"], new["token_embd.weight"])
