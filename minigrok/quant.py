@@ -94,10 +94,11 @@ def quantize_q8_0(x: np.ndarray, name: str = "array") -> np.ndarray:
     per block, the fp16 scale d = amax / 127, then 32 int8 q = round_half_away_from_zero(x / d).
     """
     blocks = _blocks(x, Q8_0, name)  # (n, 32)
-    with np.errstate(under="ignore"):  # a block of values below ~1e-36 has a subnormal scale: expected
+    # Underflow is expected and harmless (tiny scales, tiny values rounding to q = 0), and inf * 0 in overflowing
+    # blocks is replaced below: set NumPy's error state here, so the result never depends on the caller's.
+    with np.errstate(under="ignore", invalid="ignore"):
         d = np.max(np.abs(blocks), axis=1, keepdims=True) / np.float32(127)  # (n, 1) float32
-    inv_d, overflow = _inverse(d)
-    with np.errstate(invalid="ignore"):  # inf * 0 in overflowing blocks, replaced below
+        inv_d, overflow = _inverse(d)
         q = round_half_away_from_zero(blocks * inv_d)  # (n, 32) in [-127, 127]
     q = np.where(overflow, 0, q).astype(np.int8)  # (n, 32)
     out = np.concatenate([_fp16_bytes(d), q.view(np.uint8)], axis=1)  # (n, 34)
@@ -124,10 +125,9 @@ def quantize_q4_0(x: np.ndarray, name: str = "array") -> np.ndarray:
     blocks = _blocks(x, Q4_0, name)  # (n, 32)
     first_largest = np.argmax(np.abs(blocks), axis=1)[:, None]  # (n, 1): argmax returns the first on ties
     signed_max = np.take_along_axis(blocks, first_largest, axis=1)  # (n, 1)
-    with np.errstate(under="ignore"):  # a block of values below ~1e-37 has a subnormal scale: expected
+    with np.errstate(under="ignore", invalid="ignore"):  # as in quantize_q8_0
         d = signed_max / np.float32(-8)  # (n, 1) float32
-    inv_d, overflow = _inverse(d)
-    with np.errstate(invalid="ignore"):  # inf * 0 in overflowing blocks, replaced below
+        inv_d, overflow = _inverse(d)
         q = np.minimum(15, np.trunc(blocks * inv_d + np.float32(8.5)))  # (n, 32) in [0, 15]
     q = np.where(overflow, 0, q).astype(np.uint8)  # (n, 32)
     packed = q[:, :16] | (q[:, 16:] << 4)  # (n, 16): byte j = q[j] (low nibble) | q[j + 16] (high nibble)
