@@ -1,20 +1,29 @@
 """Hostile and extreme inputs (issue 12): each kind of failure is checked everywhere it can occur."""
 
+import json
 import os
 import stat
+from pathlib import Path
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from test_checkpoint import TINY, make_tokenizer, random_params
+from test_train import corpus  # noqa: F401 (a fixture)
 
 import minigrok.kernels.decode as decode
+from minigrok import __main__ as cli
 from minigrok import quant
 from minigrok.checkpoint import load_gguf, save_gguf
+from minigrok.config import parse_attention
 from minigrok.fileio import atomic_write
 from minigrok.layers import rms_norm
+from minigrok.model import init_params
+from minigrok.tokenizer import Tokenizer
 from minigrok.train import backward as bw
+from minigrok.train import data
 
 EPS = 1e-5
 
@@ -140,3 +149,65 @@ def test_save_gguf_onto_a_symlink_updates_the_linked_model(tmp_path):
     assert link.is_symlink() and os.readlink(link) == "model-v1.gguf"
     params, _, _ = load_gguf(target)
     np.testing.assert_array_equal(params["token_embd.weight"], new["token_embd.weight"])
+
+
+# ---- messages a new user met -----------------------------------------------------------------------------------------
+
+
+def test_temperature_beyond_the_limit_names_the_limit(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["generate", "-t", "1e300"])  # before: "expected a finite number >= 0", yet 1e300 is finite
+    assert "expected a number from 0 to 1e30, got 1e300" in capsys.readouterr().err
+
+
+def test_a_block_pattern_with_a_repeated_key_is_refused():
+    # Before: "block:size=16,size=8" was accepted (the last size won).
+    with pytest.raises(ValueError, match="size is given twice"):
+        parse_attention("block:size=16,size=8")
+    assert parse_attention("block:size=16,local=2").block == 16
+
+
+def test_data_from_a_file_says_it_is_a_file(tmp_path, capsys):
+    text = tmp_path / "play.txt"
+    text.write_text("To be, or not to be.\n")
+    assert cli.main(["data", "--from", str(text), "--out", str(tmp_path / "out")]) == 1
+    # Before: "folder .../play.txt does not exist".
+    assert capsys.readouterr().err == (
+        f"minigrok: error: {text} is a file, not a folder; pass --from the folder of .txt files that holds it\n"
+    )
+
+
+def test_data_out_onto_a_file_or_an_unwritable_folder_is_one_clear_line(tmp_path, capsys, monkeypatch):
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    for i in range(3):
+        (docs / f"d{i}.txt").write_text("To be, or not to be.\n" * 20)
+    taken = tmp_path / "taken"
+    taken.write_text("not a folder")
+    assert cli.main(["data", "--from", str(docs), "--out", str(taken)]) == 1  # before: [Errno 17] File exists
+    assert (
+        capsys.readouterr().err
+        == f"minigrok: error: --out {taken} is a file; pass a folder (it is created if missing)\n"
+    )
+    assert cli.main(["data", "--from", str(docs), "--out", str(taken / "sub")]) == 1
+    assert (
+        capsys.readouterr().err
+        == f"minigrok: error: cannot create --out {taken / 'sub'}: {taken} is a file, not a folder\n"
+    )
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    monkeypatch.setattr(data.os, "access", lambda path, mode: Path(path) != locked)  # tests may run as root
+    assert cli.main(["data", "--from", str(docs), "--out", str(locked / "new")]) == 1  # before: [Errno 13]
+    assert capsys.readouterr().err == (
+        f"minigrok: error: cannot write to --out {locked / 'new'}: {locked} is not writable; pick another folder\n"
+    )
+
+
+def test_eval_json_keeps_progress_on_stderr(corpus, tmp_path, capsys):  # noqa: F811
+    tokenizer = Tokenizer.load(corpus / "tokenizer.json")
+    config = TINY.replace(vocab_size=tokenizer.vocab_size, context_length=32)
+    save_gguf(tmp_path / "m.gguf", init_params(config, 0), config, tokenizer)
+    assert cli.main(["eval", str(tmp_path / "m.gguf"), "--data", str(corpus), "--json", "--max-tokens", "200"]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)["tokens"] == 199  # stdout: the JSON object only
+    assert "eval: 100%" in err  # before: no progress at all with --json
