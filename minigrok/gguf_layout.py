@@ -78,10 +78,15 @@ class _Walk:
         start = self.skip(n_bytes, what)
         return int.from_bytes(self.data[start : start + n_bytes], self.byteorder)
 
-    def string(self, what: str) -> str:
+    def string(self, what: str, name: bool = False) -> str:
+        """A string; a ``name`` (of a key or tensor) must be UTF-8, other strings are decoded for messages only
+        (checkpoint.py names the key whose value is not UTF-8)."""
         length = self.uint(8, f"the length of {what}")
         start = self.skip(length, f"{what} (a string of {length:,} bytes)")
-        return self.data[start : start + length].decode("utf-8", errors="replace")  # for messages only
+        try:
+            return self.data[start : start + length].decode("utf-8", errors="strict" if name else "replace")
+        except UnicodeDecodeError as e:
+            raise GGUFLayoutError(f"{what} is not UTF-8 (byte {start + e.start:,}): the file is corrupt") from None
 
     def count(self, n: int, min_bytes: int, what: str) -> int:
         """``n`` items of at least ``min_bytes`` each must fit in the rest of the file before any is read."""
@@ -98,7 +103,7 @@ class _Walk:
         self.count(n_kv, _MIN_KV_BYTES, "metadata keys")
         alignment = gguf.GGUF_DEFAULT_ALIGNMENT
         for i in range(n_kv):
-            key = self.string(f"the name of metadata key {i}")
+            key = self.string(f"the name of metadata key {i}", name=True)
             value_type = self.uint(4, f"the type of metadata key {key!r}")
             value = self.value(value_type, f"metadata key {key!r}")
             if key == "general.alignment" and value_type == _T.UINT32:
@@ -138,7 +143,7 @@ class _Walk:
 
     def tensor_info(self, i: int) -> tuple[str, int, int]:
         """(name, data offset, data bytes) of tensor ``i``'s entry, its dimensions and type checked."""
-        name = self.string(f"the name of tensor {i}")
+        name = self.string(f"the name of tensor {i}", name=True)
         n_dims = self.uint(4, f"the dimension count of tensor {name!r}")
         if n_dims > _MAX_DIMS:
             raise GGUFLayoutError(f"tensor {name!r} has {n_dims:,} dimensions; GGUF allows at most {_MAX_DIMS}")

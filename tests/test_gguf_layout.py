@@ -68,9 +68,11 @@ def valid_bytes(tmp_path_factory) -> bytes:
          "tensor 'w' needs 32 bytes at offset 9,223,372,036,854,775,872, but the file (57 bytes) holds only 0"),
         (header(1, 0) + string(b"w") + struct.pack("<IQIQ", 1, 8, 999, 0), "tensor 'w' has unknown GGML type 999"),
         (header(1, 0) + string(b"w") + struct.pack("<IQIQ", 1, 40, 8, 0), "the first a multiple of 32"),
+        (header(0, 1) + string(b"\xffkey") + struct.pack("<II", 4, 0),
+         "the name of metadata key 0 is not UTF-8 (byte 32)"),
     ],
     ids=["array-2**63", "keys-2**62", "tensors-2**40", "key-name-2**64", "strings-2**60", "value-type", "dims-5",
-         "dims-huge", "offset-2**63", "ggml-type", "block-size"],
+         "dims-huge", "offset-2**63", "ggml-type", "block-size", "utf-8"],
 )  # fmt: skip
 def test_hostile_headers_are_refused_naming_the_field(tmp_path, data, message):
     path = tmp_path / "bad.gguf"
