@@ -221,7 +221,8 @@ def _keep_on_resume(entry: dict, step: int) -> bool:
 def _stop_requests():
     """Within the block, SIGINT (Ctrl-C) and SIGTERM set ``requested[0]`` to the signal's number instead of
     stopping the process, so the loop can finish its step and write a checkpoint. A second signal stops at once
-    (KeyboardInterrupt for SIGINT, the default action for SIGTERM). Outside the main thread, signals are left alone."""
+    (KeyboardInterrupt for SIGINT, the default action for SIGTERM). Outside the main thread, and for a signal the
+    process was started ignoring (e.g. SIGINT in a shell's background job), nothing changes."""
     requested = [None]
     if threading.current_thread() is not threading.main_thread():
         yield requested
@@ -239,7 +240,8 @@ def _stop_requests():
             file=sys.stderr,
         )
 
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    ignored = {sig for sig in (signal.SIGINT, signal.SIGTERM) if signal.getsignal(sig) == signal.SIG_IGN}
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM) if sig not in ignored}
     try:
         yield requested
     finally:
