@@ -116,7 +116,7 @@ def _n_rows_for(w):
 
 
 # ---- the pieces of a layer ------------------------------------------------------------------------------------------
-@njit(cache=True, fastmath=FASTMATH)
+@njit(cache=True)  # no fastmath: reassociating weight * (x / rms) into (weight * x) / rms overflows near 3.4e38
 def _rms_norm(x, weight, eps, out):
     """out (1, d) = weight * x / sqrt(mean(x²) + eps), as layers.rms_norm: squares summed in float64 (float32
     overflows above |x| ~ 1.8e19), the rms (at most max|x|) back in float32 for the division."""
