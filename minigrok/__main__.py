@@ -68,7 +68,7 @@ ATTENTION_HELP = (
 
 positive_int = _number(int, 1, what="an integer >= 1")
 non_negative_int = _number(int, 0, what="an integer >= 0")
-non_negative_float = _number(float, 0.0, 1e30, what="a finite number >= 0")
+non_negative_float = _number(float, 0.0, 1e30, what="a number from 0 to 1e30")
 probability = _number(float, 0.0, 1.0, what="a number in [0, 1]")
 
 

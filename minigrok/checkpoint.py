@@ -29,6 +29,7 @@ import numpy as np
 
 from minigrok.config import ModelConfig
 from minigrok.fileio import atomic_write
+from minigrok.gguf_layout import GGUFLayoutError, check_layout
 from minigrok.quant import Q4_0, Q8_0, QuantizedTensor
 from minigrok.tokenizer import Tokenizer
 
@@ -164,8 +165,9 @@ def save_gguf(
 
 def check_destination(path: str | os.PathLike) -> None:
     """Raise CheckpointError unless a file can be written at ``path`` (its folder exists and is writable): what
-    save_gguf checks first, for callers that want to refuse before long work."""
-    path = Path(path)
+    save_gguf checks first, for callers that want to refuse before long work. A symlink is followed: its
+    target is the file written (fileio.atomic_write)."""
+    path = Path(os.path.realpath(path)) if os.path.islink(path) else Path(path)
     if not path.parent.is_dir():
         raise CheckpointError(f"cannot write {path}: the directory {path.parent} does not exist; create it first")
     if not os.access(path.parent, os.W_OK):
@@ -363,11 +365,19 @@ def _open(path: str | os.PathLike) -> gguf.GGUFReader:
         raise CheckpointError(f"{path} is truncated: {len(head)} bytes, shorter than a GGUF header")
     if head[:4] != b"GGUF":
         raise CheckpointError(f"{path} is not a GGUF file: it starts with {head[:4]!r}, not b'GGUF'")
-    version = int.from_bytes(head[4:8], "little")
+    byteorder = "little"
+    version = int.from_bytes(head[4:8], byteorder)
     if version & 0xFFFF == 0:  # a big-endian file (gguf_reader.py does the same test)
-        version = int.from_bytes(head[4:8], "big")
+        byteorder = "big"
+        version = int.from_bytes(head[4:8], byteorder)
     if version not in (2, 3):
         raise CheckpointError(f"{path} is GGUF version {version}; minigrok reads versions 2 and 3")
+    try:
+        check_layout(path, byteorder)  # GGUFReader trusts the header's lengths: check them against the file first
+    except GGUFLayoutError as e:
+        raise CheckpointError(f"{path}: {e}") from None
+    except OSError as e:
+        raise CheckpointError(f"cannot read {path}: {e.strerror or e}") from None
     try:
         reader = gguf.GGUFReader(path)
     except (ValueError, IndexError, KeyError, OverflowError, OSError) as e:  # UnicodeDecodeError is a ValueError

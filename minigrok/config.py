@@ -211,11 +211,14 @@ def parse_attention(text: str) -> AttentionPattern:
         return AttentionPattern("sinks", sinks=integer(parts[0], "S", 0), window=integer(parts[1], "W", 1))
     if kind == "block":
         names = {"size": ("block", 1), "local": ("local", 1), "global": ("global_blocks", 0), "stride": ("stride", 0)}
-        values = {"local": 1}
+        values, seen = {"local": 1}, set()
         for part in parts:
             name, eq, value = part.partition("=")
             if not eq or name.strip() not in names:
                 fail(f"block arguments are name=value with names {', '.join(names)}, got {part!r}")
+            if name.strip() in seen:
+                fail(f"{name.strip()} is given twice; give each of {', '.join(names)} at most once")
+            seen.add(name.strip())
             values[names[name.strip()][0]] = integer(value.strip(), name.strip(), names[name.strip()][1])
         if "block" not in values:
             fail("block needs size=B, the block size in tokens")

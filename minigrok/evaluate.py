@@ -97,7 +97,7 @@ def run(args) -> int:
             raise ValueError("--max-tokens must be at least 2")
         tokens = tokens[: args.max_tokens]
         n_chars = len(tokenizer.decode(tokens[tokens != tokenizer.eot_id].tolist()))  # EOT separators excluded
-    total, n = evaluate_tokens(params, config, tokens, progress=not args.json)
+    total, n = evaluate_tokens(params, config, tokens, progress=True)  # on stderr: --json output stays clean
     result = {
         "model": str(Path(args.model)),
         "attention": config.attention,

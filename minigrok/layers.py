@@ -28,10 +28,19 @@ def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
 
     Zhang & Sennrich 2019, eq. 4; Grok-1 (xai-org/grok-1 model.py, ``RMSNorm``) multiplies by ``scale``, not
     ``1 + scale``. Shapes: x (..., d_model), weight (d_model,) -> (..., d_model).
+
+    The mean of squares is summed in float64, as llama.cpp's ggml_compute_forward_rms_norm does: squares of
+    float32 values above ~1.8e19 overflow float32 (the norm would collapse to 0), but never float64. The rms
+    itself, between sqrt(eps) and max|x|, fits float32, so the division stays in float32 for every finite x.
     """
     x = x.astype(np.result_type(x, np.float32), copy=False)  # at least float32 (float64 in gradient checks)
-    mean_square = np.mean(x * x, axis=-1, keepdims=True)  # (..., 1)
-    return weight * (x / np.sqrt(mean_square + np.float32(eps)))  # (..., d_model)
+    return weight * (x / root_mean_square(x, eps))  # (..., d_model)
+
+
+def root_mean_square(x: np.ndarray, eps: float) -> np.ndarray:
+    """``sqrt(mean(x**2) + eps)`` over the last axis, summed in float64, returned in x's dtype: (..., 1)."""
+    mean_square = np.mean(np.square(x, dtype=np.float64), axis=-1, keepdims=True)  # (..., 1) float64
+    return np.sqrt(mean_square + eps).astype(x.dtype)  # (..., 1)
 
 
 def rope_tables(positions: np.ndarray, head_dim: int, theta: float) -> tuple[np.ndarray, np.ndarray]:

@@ -58,7 +58,7 @@ def _value_shape(shape: tuple[int, ...], qtype: str) -> tuple[int, ...]:
 def _fp16_bytes(d: np.ndarray) -> np.ndarray:
     """Block scales (n_blocks, 1) float32 -> their fp16 encoding, (n_blocks, 2) uint8 (little-endian).
     A scale beyond 65504 becomes inf, as in gguf-py (QuantizedTensor.from_float refuses such tensors)."""
-    with np.errstate(over="ignore"):
+    with np.errstate(over="ignore", under="ignore"):  # scales below fp16's range round to 0 or a subnormal
         return d.astype("<f2").view(np.uint8)
 
 
@@ -94,9 +94,11 @@ def quantize_q8_0(x: np.ndarray, name: str = "array") -> np.ndarray:
     per block, the fp16 scale d = amax / 127, then 32 int8 q = round_half_away_from_zero(x / d).
     """
     blocks = _blocks(x, Q8_0, name)  # (n, 32)
-    d = np.max(np.abs(blocks), axis=1, keepdims=True) / np.float32(127)  # (n, 1) float32
-    inv_d, overflow = _inverse(d)
-    with np.errstate(invalid="ignore"):  # inf * 0 in overflowing blocks, replaced below
+    # Underflow is expected and harmless (tiny scales, tiny values rounding to q = 0), and inf * 0 in overflowing
+    # blocks is replaced below: set NumPy's error state here, so the result never depends on the caller's.
+    with np.errstate(under="ignore", invalid="ignore"):
+        d = np.max(np.abs(blocks), axis=1, keepdims=True) / np.float32(127)  # (n, 1) float32
+        inv_d, overflow = _inverse(d)
         q = round_half_away_from_zero(blocks * inv_d)  # (n, 32) in [-127, 127]
     q = np.where(overflow, 0, q).astype(np.int8)  # (n, 32)
     out = np.concatenate([_fp16_bytes(d), q.view(np.uint8)], axis=1)  # (n, 34)
@@ -123,9 +125,9 @@ def quantize_q4_0(x: np.ndarray, name: str = "array") -> np.ndarray:
     blocks = _blocks(x, Q4_0, name)  # (n, 32)
     first_largest = np.argmax(np.abs(blocks), axis=1)[:, None]  # (n, 1): argmax returns the first on ties
     signed_max = np.take_along_axis(blocks, first_largest, axis=1)  # (n, 1)
-    d = signed_max / np.float32(-8)  # (n, 1) float32
-    inv_d, overflow = _inverse(d)
-    with np.errstate(invalid="ignore"):  # inf * 0 in overflowing blocks, replaced below
+    with np.errstate(under="ignore", invalid="ignore"):  # as in quantize_q8_0
+        d = signed_max / np.float32(-8)  # (n, 1) float32
+        inv_d, overflow = _inverse(d)
         q = np.minimum(15, np.trunc(blocks * inv_d + np.float32(8.5)))  # (n, 32) in [0, 15]
     q = np.where(overflow, 0, q).astype(np.uint8)  # (n, 32)
     packed = q[:, :16] | (q[:, 16:] << 4)  # (n, 16): byte j = q[j] (low nibble) | q[j + 16] (high nibble)

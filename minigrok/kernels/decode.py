@@ -30,7 +30,7 @@ import math
 import operator
 
 import numpy as np
-from numba import float32, njit, prange, types
+from numba import float32, float64, njit, prange, types
 from numba.extending import overload
 
 from ..attention import CacheStep, KVCache, sink_query_positions
@@ -116,15 +116,16 @@ def _n_rows_for(w):
 
 
 # ---- the pieces of a layer ------------------------------------------------------------------------------------------
-@njit(cache=True, fastmath=FASTMATH)
+@njit(cache=True)  # no fastmath: reassociating weight * (x / rms) into (weight * x) / rms overflows near 3.4e38
 def _rms_norm(x, weight, eps, out):
-    """out (1, d) = weight * x / sqrt(mean(x²) + eps), as layers.rms_norm."""
-    ms = float32(0)
+    """out (1, d) = weight * x / sqrt(mean(x²) + eps), as layers.rms_norm: squares summed in float64 (float32
+    overflows above |x| ~ 1.8e19), the rms (at most max|x|) back in float32 for the division."""
+    ms = 0.0
     for i in range(x.shape[1]):
-        ms += x[0, i] * x[0, i]
-    inv = float32(1) / np.sqrt(ms / float32(x.shape[1]) + float32(eps))
+        ms += float64(x[0, i]) * float64(x[0, i])
+    rms = float32(np.sqrt(ms / x.shape[1] + float64(eps)))
     for i in range(x.shape[1]):
-        out[0, i] = weight[i] * (x[0, i] * inv)
+        out[0, i] = weight[i] * (x[0, i] / rms)
 
 
 @njit(cache=True)

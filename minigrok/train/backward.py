@@ -14,7 +14,7 @@ import numpy as np
 
 from ..attention import attend, pattern_mask, sink_query_positions, split_heads
 from ..config import ModelConfig
-from ..layers import SQRT_2_OVER_PI, apply_rope, gelu_tanh, linear, rms_norm, rope_tables, softmax
+from ..layers import SQRT_2_OVER_PI, apply_rope, gelu_tanh, linear, rms_norm, root_mean_square, rope_tables, softmax
 from ..moe import route
 
 
@@ -28,14 +28,17 @@ def linear_backward(dy: np.ndarray, x: np.ndarray, w: np.ndarray):
 
 
 def rms_norm_backward(dy: np.ndarray, x: np.ndarray, weight: np.ndarray, eps: float):
-    """y = w * x * r with r = 1/sqrt(mean(x²) + eps). Returns dx (..., d), dweight (d,).
+    """y = w * x̂ with x̂ = x / rms, rms = sqrt(mean(x²) + eps). Returns dx (..., d), dweight (d,).
 
-    dx = r * (g - x * r² * mean(g * x)) where g = dy * w (the quotient rule on x / rms(x)).
+    dx = (g - x̂ * mean(g * x̂)) / rms where g = dy * w (the quotient rule on x / rms(x)). Written with x̂,
+    which is at most sqrt(d) in size, rather than with x and 1/rms², so no product overflows or underflows
+    float32 for any finite x (the rms is summed in float64, as in layers.rms_norm).
     """
-    r = 1.0 / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + np.float32(eps))  # (..., 1)
+    rms = root_mean_square(x, eps)  # (..., 1)
+    x_hat = x / rms  # (..., d)
     g = dy * weight  # (..., d)
-    dx = r * (g - x * (r * r) * np.mean(g * x, axis=-1, keepdims=True))  # (..., d)
-    dweight = np.sum((dy * x * r).reshape(-1, x.shape[-1]), axis=0)  # (d,)
+    dx = (g - x_hat * np.mean(g * x_hat, axis=-1, keepdims=True)) / rms  # (..., d)
+    dweight = np.sum((dy * x_hat).reshape(-1, x.shape[-1]), axis=0)  # (d,)
     return dx, dweight
 
 

@@ -114,6 +114,8 @@ def read_folder(folder: str | os.PathLike) -> dict[str, str]:
         ValueError: a file is not UTF-8, or is empty after cleaning.
     """
     folder = Path(folder)
+    if folder.is_file():
+        raise ValueError(f"{folder} is a file, not a folder; pass --from the folder of .txt files that holds it")
     if not folder.is_dir():
         raise FileNotFoundError(f"folder {folder} does not exist; pass --from a folder of .txt files")
     paths = sorted(p for p in folder.glob("*.txt") if p.is_file())
@@ -254,6 +256,7 @@ def prepare(
             raise ValueError(f"the {split} split would be empty; hold out some but not all documents with --val")
 
     out_dir = Path(out_dir)
+    check_out_dir(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     train_text = "\n".join(documents[name] for name in split_names["train"])
     if progress:
@@ -363,6 +366,18 @@ def load_meta(data_dir: str | os.PathLike) -> dict:
 # CLI: `python -m minigrok data ...`
 
 
+def check_out_dir(out_dir: Path) -> None:
+    """Raise ValueError unless ``out_dir`` is a folder, or can be created, and is writable: checked before any
+    download or BPE training, so a bad --out costs nothing."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"--out {out_dir} is a file; pass a folder (it is created if missing)")
+    existing = next(p for p in (out_dir, *out_dir.absolute().parents) if p.exists())  # the folder or an ancestor
+    if not existing.is_dir():
+        raise ValueError(f"cannot create --out {out_dir}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"cannot write to --out {out_dir}: {existing} is not writable; pick another folder")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``data``: ``shakespeare [--cache-dir DIR]`` or ``--from DIR [--val NAME ...]``, plus
     ``--out DIR`` and ``--vocab-size N``."""
@@ -397,11 +412,13 @@ def run(args: argparse.Namespace) -> int:
         if args.val:
             raise ValueError("--val is for --from DIR; the shakespeare split is fixed (Hamlet, Twelfth Night held out)")
         out_dir = args.out or Path("data/shakespeare")
+        check_out_dir(out_dir)
         meta = prepare_shakespeare(out_dir, args.vocab_size, args.cache_dir or DEFAULT_CACHE, progress=True)
     else:
         if args.cache_dir is not None:
             raise ValueError("--cache-dir is only used by `data shakespeare`; drop it")
         out_dir = args.out or Path("data") / args.from_dir.resolve().name
+        check_out_dir(out_dir)
         meta = prepare_folder(args.from_dir, args.val, out_dir, args.vocab_size, progress=True)
     print(f"wrote {out_dir}/{{train.bin,val.bin,tokenizer.json,meta.json}} in {time.perf_counter() - start:.1f} s")
     for split in SPLITS:

@@ -26,10 +26,12 @@ def lr_at(step: int, lr: float, min_lr: float, warmup_steps: int, total_steps: i
 def clip_grad_norm(grads: dict[str, np.ndarray], max_norm: float) -> float:
     """Scale all gradients in place so their global L2 norm is at most max_norm (0 = no clipping).
 
-    Returns the norm before clipping (Pascanu et al. 2013).
+    Returns the norm before clipping (Pascanu et al. 2013). If a gradient holds NaN or inf the norm is NaN or inf
+    and the gradients are left as they are (scaling would turn the finite ones into 0 and inf into NaN): the
+    caller must skip such a step (the trainer does).
     """
-    norm = math.sqrt(sum(float(np.sum(g.astype(np.float64) ** 2)) for g in grads.values()))
-    if max_norm > 0 and norm > max_norm:
+    norm = math.sqrt(sum(float(np.sum(np.square(g, dtype=np.float64))) for g in grads.values()))
+    if max_norm > 0 and math.isfinite(norm) and norm > max_norm:
         scale = np.float32(max_norm / (norm + 1e-6))
         for g in grads.values():
             g *= scale

@@ -3,10 +3,14 @@
 Random windows of the training tokens -> loss_and_grads (hand-written backward) -> gradient clipping -> AdamW
 with warm-up and cosine decay. Deterministic for a seed: the batch of step s is drawn from a generator seeded with
 (seed, s), so a run killed and resumed from a checkpoint follows the same loss curve as one that was never stopped.
+A step whose loss or gradients are not finite (NaN or inf) is skipped: the weights and the AdamW state are left as
+they were, the log and the progress bar count it, and after ``MAX_SKIPPED_IN_A_ROW`` such steps in a row the run
+stops (its last good state written as the checkpoint). Ctrl-C (SIGINT) or SIGTERM lets the current step finish,
+writes a checkpoint and returns; ``--resume`` then continues exactly as if the run had not been stopped.
 
 Written to ``out_dir``: ``ckpt.gguf`` (the model, F32, loadable by ``generate``/``eval``/llama.cpp) with
 ``ckpt.opt.npz`` beside it (AdamW moments and step, plain arrays), both replaced atomically every few minutes and
-at the end; ``log.jsonl`` (one JSON object per line: train steps, evaluations, expert load).
+at the end (and when stopped); ``log.jsonl`` (one JSON object per line: train steps, evaluations, expert load).
 """
 
 from __future__ import annotations
@@ -16,9 +20,12 @@ import dataclasses
 import json
 import math
 import os
+import signal
 import sys
+import threading
 import time
 import tomllib
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,6 +41,13 @@ from ..tokenizer import Tokenizer
 from .backward import loss_and_grads
 from .data import load_meta, load_split
 from .optim import AdamW, clip_grad_norm, lr_at
+
+# A run stops once this many steps in a row had non-finite gradients: the weights are not going to recover.
+MAX_SKIPPED_IN_A_ROW = 10
+
+
+class TrainingDiverged(ValueError):
+    """Too many steps in a row had a non-finite loss or gradients; the message says where the checkpoint is."""
 
 
 @dataclass
@@ -151,8 +165,9 @@ def validation_loss(params, config: ModelConfig, val_tokens: np.ndarray, n_windo
     return total / (n_windows * T)
 
 
-def _save_checkpoint(out: Path, params, config, tokenizer, opt: AdamW, tokens_seen: int, elapsed: float):
-    """Optimizer state first, then the model: both atomic; the model's metadata names the step it belongs to."""
+def _save_checkpoint(out: Path, params, config, tokenizer, opt: AdamW, step: int, tokens_seen: int, elapsed: float):
+    """Optimizer state first, then the model: both atomic; the model's metadata names the step it belongs to
+    (``step`` batches drawn, of which ``step - opt.step`` were skipped for non-finite gradients)."""
 
     def write_npz(tmp: Path):
         with open(tmp, "wb") as f:  # a file object, so np.savez does not append ".npz" to the temp name
@@ -160,7 +175,8 @@ def _save_checkpoint(out: Path, params, config, tokenizer, opt: AdamW, tokens_se
 
     atomic_write(out / "ckpt.opt.npz", write_npz)
     meta = {
-        "train.step": opt.step,
+        "train.step": step,
+        "train.skipped": step - opt.step,
         "train.tokens_seen": tokens_seen,
         "train.seconds": float(elapsed),
     }
@@ -198,7 +214,39 @@ def _check_fits(cfg: TrainConfig, config: ModelConfig, n_train: int, n_val: int)
 
 def _keep_on_resume(entry: dict, step: int) -> bool:
     """Log lines an unbroken run would also have at ``step``: not a "paused" marker, not past the checkpoint."""
-    return entry.get("event") != "paused" and entry.get("step", 0) <= step
+    return entry.get("event") not in ("paused", "interrupted") and entry.get("step", 0) <= step
+
+
+@contextmanager
+def _stop_requests():
+    """Within the block, SIGINT (Ctrl-C) and SIGTERM set ``requested[0]`` to the signal's number instead of
+    stopping the process, so the loop can finish its step and write a checkpoint. A second signal stops at once
+    (KeyboardInterrupt for SIGINT, the default action for SIGTERM). Outside the main thread, and for a signal the
+    process was started ignoring (e.g. SIGINT in a shell's background job), nothing changes."""
+    requested = [None]
+    if threading.current_thread() is not threading.main_thread():
+        yield requested
+        return
+
+    def handler(signum, frame):
+        if requested[0] is not None:  # asked twice: stop now, the checkpoint before is left as it was
+            signal.signal(signum, signal.SIG_DFL)
+            if signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            os.kill(os.getpid(), signum)
+        requested[0] = signum
+        print(
+            f"\n{signal.Signals(signum).name}: finishing this step, then writing a checkpoint (again to stop at once)",
+            file=sys.stderr,
+        )
+
+    ignored = {sig for sig in (signal.SIGINT, signal.SIGTERM) if signal.getsignal(sig) == signal.SIG_IGN}
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM) if sig not in ignored}
+    try:
+        yield requested
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict:
@@ -210,6 +258,12 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict
     config = cfg.model_config(tokenizer.vocab_size)
     T = config.context_length
     _check_fits(cfg, config, len(train_tokens), len(val_tokens))
+    if cfg.warmup_steps > cfg.max_steps:
+        print(
+            f"warning: warmup_steps ({cfg.warmup_steps}) is larger than max_steps ({cfg.max_steps}), so the "
+            f"learning rate never reaches lr ({cfg.lr:g}); lower warmup_steps",
+            file=sys.stderr,
+        )
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     log_path = out / "log.jsonl"
@@ -224,11 +278,12 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict
         with np.load(opt_path, allow_pickle=False) as arrays:
             opt.load_state_arrays(arrays)
         meta = read_metadata(ckpt_path)
-        if int(meta["train.step"]) != opt.step:
+        step, skipped = int(meta["train.step"]), int(meta.get("train.skipped", 0))
+        if step - skipped != opt.step:
             raise ValueError(f"{opt_path} (step {opt.step}) does not match {ckpt_path}; delete both to restart")
         tokens_seen, elapsed_before = int(meta["train.tokens_seen"]), float(meta["train.seconds"])
         # keep the log up to the checkpoint, so the resumed run appends the same lines an unbroken run would
-        kept = [line for line in log_path.read_text().splitlines() if _keep_on_resume(json.loads(line), opt.step)]
+        kept = [line for line in log_path.read_text().splitlines() if _keep_on_resume(json.loads(line), step)]
         log_path.write_text("".join(line + "\n" for line in kept))
     else:
         if resume:
@@ -239,12 +294,13 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict
             )
         params = init_params(config, cfg.seed) if cfg.init_from is None else _init_from(cfg.init_from, config)
         opt = AdamW(params, cfg.beta1, cfg.beta2, weight_decay=cfg.weight_decay)
+        step, skipped = 0, 0
         log_path.write_text("")
 
     matmul_gflops = measure_matmul_gflops()
     flops_per_token = model_flops_per_token(config)
-    with open(log_path, "a") as log:
-        if opt.step == 0:
+    with open(log_path, "a") as log, _stop_requests() as stop_signal:
+        if step == 0:
             header = {
                 "event": "start",
                 "config": dataclasses.asdict(config),
@@ -261,62 +317,83 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict
         start = time.perf_counter()
         last_ckpt = start
         bar = tqdm(
-            total=cfg.max_steps, initial=opt.step, desc="train", unit="step", disable=not progress, dynamic_ncols=True
+            total=cfg.max_steps, initial=step, desc="train", unit="step", disable=not progress, dynamic_ncols=True
         )
-        tok_per_s = 0.0
+        tok_per_s, last_val, in_a_row, saved_step = 0.0, float("nan"), 0, step
         stop_at = cfg.max_steps if cfg.stop_after is None else min(cfg.max_steps, cfg.stop_after)
-        while opt.step < stop_at:
-            step = opt.step
+        while step < stop_at and stop_signal[0] is None:
             t0 = time.perf_counter()
             x, y = get_batch(train_tokens, cfg.batch_size, T, np.random.default_rng((cfg.seed, step)))
             loss, grads, stats = loss_and_grads(params, config, x, y, cfg.aux_loss_coef, cfg.z_loss_coef)
-            if not math.isfinite(loss):
-                raise FloatingPointError(f"loss became {loss} at step {step}; lower lr or raise warmup_steps")
-            grad_norm = clip_grad_norm(grads, cfg.grad_clip)
+            grad_norm = clip_grad_norm(grads, cfg.grad_clip)  # leaves non-finite gradients as they are
             lr = lr_at(step, cfg.lr, cfg.min_lr, cfg.warmup_steps, cfg.max_steps)
-            opt.update(params, grads, lr)
-            dt = time.perf_counter() - t0
+            step += 1
             tokens_seen += x.size
+            if math.isfinite(loss) and math.isfinite(grad_norm):
+                opt.update(params, grads, lr)
+                in_a_row = 0
+            else:  # skip: params and AdamW moments untouched (one NaN would spread to every weight)
+                skipped += 1
+                in_a_row += 1
+            dt = time.perf_counter() - t0
             tok_per_s = x.size / dt
-            entry = {
-                "step": opt.step,
-                "loss": loss,
-                "ce": stats["ce"],
-                "aux": stats["aux"],
-                "z": stats["z"],
-                "lr": lr,
-                "grad_norm": grad_norm,
-                "tokens": tokens_seen,
-                "tok_per_s": round(tok_per_s, 1),
-                "mfu": round(tok_per_s * flops_per_token / (matmul_gflops * 1e9), 4),
-            }
-            if opt.step % cfg.eval_interval == 0 or opt.step == cfg.max_steps:
-                entry["val_loss"] = validation_loss(params, config, val_tokens, cfg.eval_windows)
+            if in_a_row:
+                entry = {"step": step, "skipped": f"loss {loss}, gradient norm {grad_norm}", "skipped_total": skipped}
+            else:
+                entry = {
+                    "step": step,
+                    "loss": loss,
+                    "ce": stats["ce"],
+                    "aux": stats["aux"],
+                    "z": stats["z"],
+                    "lr": lr,
+                    "grad_norm": grad_norm,
+                    "tokens": tokens_seen,
+                    "tok_per_s": round(tok_per_s, 1),
+                    "mfu": round(tok_per_s * flops_per_token / (matmul_gflops * 1e9), 4),
+                }
+            if step % cfg.eval_interval == 0 or step == cfg.max_steps:
+                entry["val_loss"] = last_val = validation_loss(params, config, val_tokens, cfg.eval_windows)
                 entry["expert_load"] = np.round(stats["expert_load"], 4).tolist()
             log.write(json.dumps(entry) + "\n")
             log.flush()
-            bar.set_postfix(
-                loss=f"{stats['ce']:.3f}",
-                val=f"{entry.get('val_loss', float('nan')):.3f}",
-                tok_s=f"{tok_per_s:.0f}",
-                refresh=False,
-            )
+            postfix = {"loss": f"{stats['ce']:.3f}", "val": f"{last_val:.3f}", "tok_s": f"{tok_per_s:.0f}"}
+            if skipped:
+                postfix["skipped"] = skipped
+            bar.set_postfix(postfix, refresh=False)
             bar.update(1)
             now = time.perf_counter()
-            if now - last_ckpt > 60 * cfg.checkpoint_minutes or opt.step == stop_at:
-                _save_checkpoint(out, params, config, tokenizer, opt, tokens_seen, elapsed_before + now - start)
-                last_ckpt = now
+            diverged = in_a_row >= MAX_SKIPPED_IN_A_ROW
+            if now - last_ckpt > 60 * cfg.checkpoint_minutes or step == stop_at or diverged:
+                _save_checkpoint(out, params, config, tokenizer, opt, step, tokens_seen, elapsed_before + now - start)
+                last_ckpt, saved_step = now, step
+            if diverged:
+                bar.close()
+                raise TrainingDiverged(
+                    f"stopped at step {step}: the last {in_a_row} steps had non-finite loss or gradients (NaN or "
+                    f"inf) and were skipped; {ckpt_path} holds the weights from step {step - in_a_row} (untouched "
+                    "since). Lower lr or grad_clip, or raise warmup_steps, then continue with --resume"
+                )
         bar.close()
         elapsed = elapsed_before + time.perf_counter() - start
+        if stop_signal[0] is not None and saved_step != step:  # stopped by a signal: keep every finished step
+            _save_checkpoint(out, params, config, tokenizer, opt, step, tokens_seen, elapsed)
+        if stop_signal[0] is not None and step < stop_at:
+            event = "interrupted"
+        else:
+            event = "done" if step >= cfg.max_steps else "paused"
         summary = {
-            "event": "done" if opt.step >= cfg.max_steps else "paused",
-            "step": opt.step,
+            "event": event,
+            "step": step,
+            "skipped": skipped,
             "tokens": tokens_seen,
             "seconds": round(elapsed, 1),
             "tok_per_s": round(tokens_seen / max(elapsed, 1e-9), 1),
             "matmul_gflops": round(matmul_gflops, 1),
             "chars_per_token": data_meta["train"]["chars_per_token"],
         }
+        if stop_signal[0] is not None:
+            summary["signal"] = stop_signal[0]
         log.write(json.dumps(summary) + "\n")
     return summary
 
@@ -333,16 +410,26 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args) -> int:
     cfg = TrainConfig.from_toml(args.config)
+    flags = {"stop_after": args.stop_after}
     if args.max_steps is not None:
-        cfg.max_steps = args.max_steps
+        flags["max_steps"] = args.max_steps
     if args.out_dir is not None:
-        cfg.out_dir = args.out_dir
-    cfg.stop_after = args.stop_after
+        flags["out_dir"] = args.out_dir
+    cfg = dataclasses.replace(cfg, **flags)  # the flags are checked as the same values in the file would be
     if getattr(args, "attention", None) is not None:  # --attention PATTERN overrides the config file's [model]
         cfg.model_overrides["attention"] = args.attention
     summary = train(cfg, resume=args.resume)
-    print(
-        f"done: {summary['step']} steps, {summary['tokens']:,} tokens in {summary['seconds']:.0f} s "
-        f"({summary['tok_per_s']:.0f} tok/s); model in {Path(cfg.out_dir) / 'ckpt.gguf'}"
-    )
-    return 0
+    model = Path(cfg.out_dir) / "ckpt.gguf"
+    if summary["event"] == "interrupted":
+        print(
+            f"interrupted ({signal.Signals(summary['signal']).name}) after step {summary['step']} of "
+            f"{cfg.max_steps}: checkpoint written to {model}; continue with --resume",
+            file=sys.stderr,
+        )
+    else:
+        skipped = f", {summary['skipped']} skipped (non-finite gradients)" if summary["skipped"] else ""
+        print(
+            f"done: {summary['step']} steps{skipped}, {summary['tokens']:,} tokens in {summary['seconds']:.0f} s "
+            f"({summary['tok_per_s']:.0f} tok/s); model in {model}"
+        )
+    return 128 + summary["signal"] if "signal" in summary else 0
