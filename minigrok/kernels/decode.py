@@ -116,16 +116,20 @@ def _n_rows_for(w):
 
 
 # ---- the pieces of a layer ------------------------------------------------------------------------------------------
-@njit(cache=True)  # no fastmath: reassociating weight * (x / rms) into (weight * x) / rms overflows near 3.4e38
+@njit(cache=True, fastmath=FASTMATH)
 def _rms_norm(x, weight, eps, out):
     """out (1, d) = weight * x / sqrt(mean(x²) + eps), as layers.rms_norm: squares summed in float64 (float32
-    overflows above |x| ~ 1.8e19), the rms (at most max|x|) back in float32 for the division."""
+    overflows above |x| ~ 1.8e19), the rms (at most max|x|) back in float32 for the division. x / rms is stored
+    before the weights multiply it, in a loop of its own: fastmath may reassociate within one expression, and
+    (weight * x) / rms overflows near 3.4e38 where weight * (x / rms) does not."""
     ms = 0.0
     for i in range(x.shape[1]):
         ms += float64(x[0, i]) * float64(x[0, i])
     rms = float32(np.sqrt(ms / x.shape[1] + float64(eps)))
     for i in range(x.shape[1]):
-        out[0, i] = weight[i] * (x[0, i] / rms)
+        out[0, i] = x[0, i] / rms
+    for i in range(x.shape[1]):
+        out[0, i] *= weight[i]
 
 
 @njit(cache=True)
