@@ -24,6 +24,7 @@ from minigrok.quant import (
     QuantizedTensor,
     dequantize,
     dequantize_int8_columns,
+    dequantize_rows,
     matmul_reference,
     quantize,
     quantize_activations,
@@ -305,6 +306,21 @@ def test_quantized_linear_over_leading_axes(qtype, n_tokens, monkeypatch):
     assert y.shape == (1, n_tokens, 10) and y.dtype == np.float32
     rel = np.abs(y - exact).max() / np.abs(exact).max()
     assert rel < (0.02 if n_tokens < 16 else 1e-5)
+
+
+@pytest.mark.parametrize("qtype", TYPES)
+@pytest.mark.parametrize("n_tokens", [3, 40])
+def test_compiled_quantized_linear_is_the_numpy_one(qtype, n_tokens):
+    """CompiledQuantizedTensor runs quantized_linear with the Numba pieces: its dequantized tiles are bit-equal
+    to the NumPy dequantize_rows, and its integer products equal matmul_reference up to the float32 sum order."""
+    rng = np.random.default_rng(5)
+    w = QuantizedTensor.from_float(rng.standard_normal((3, 10, 64)).astype(np.float32), qtype)
+    fast = qk.CompiledQuantizedTensor.of(w)
+    assert fast.qs is w.qs and isinstance(fast[1], qk.CompiledQuantizedTensor)  # shares the arrays; slices stay fast
+    a, b = np.empty((4, 64), np.float32), np.empty((4, 64), np.float32)
+    np.testing.assert_array_equal(qk.dequantize_rows(w[1], 3, 7, a), dequantize_rows(w[1], 3, 7, b))
+    x = rng.standard_normal((n_tokens, 64)).astype(np.float32)
+    np.testing.assert_allclose(fast[1].linear(x), w[1].linear(x), rtol=1e-5, atol=1e-5)
 
 
 # ---- quantized models --------------------------------------------------------------------------------------------
