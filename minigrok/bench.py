@@ -7,9 +7,9 @@ model file itself if it has that type, else a conversion made with ``python -m m
 run in its own process, one after the other, all with --threads threads (OpenBLAS and Numba for minigrok,
 n_threads for llama.cpp):
 
-    minigrok        generate's loop: the prompt in one forward through a KV cache, then one token per forward, greedy;
-                    decode steps run in compiled code (minigrok/kernels/decode.py)
-    minigrok-numpy  the same loop with decode steps on the readable NumPy path of model.forward (use_kernel=False)
+    minigrok        generate's loop: the prompt in one forward through a KV cache, then one token per forward, greedy,
+                    through minigrok/engine.py: decode steps in compiled code (minigrok/kernels/decode.py)
+    minigrok-numpy  the same loop on the readable NumPy model.forward throughout (engine.forward(compiled=False))
     llama.cpp       llama-cpp-python on the same GGUF file (skipped if it is not installed)
     naive           no KV cache: each new token recomputes the whole sequence (picoGPT's loop); F32 only
 
@@ -360,7 +360,7 @@ def _minigrok_engine(spec: dict, max_len: int):
     """(run_prompt, step) for minigrok: run_prompt() -> first token (a fresh KV cache), step(token) -> next token."""
     import numpy as np
 
-    from . import model
+    from . import engine, model
     from .checkpoint import load_gguf
 
     params, config, _ = load_gguf(spec["path"], mmap=True)
@@ -370,23 +370,23 @@ def _minigrok_engine(spec: dict, max_len: int):
 
         def run_prompt():
             sequence[:] = ids.tolist()
-            return int(np.argmax(model.forward(params, config, np.array([sequence]))[0, -1]))
+            return int(np.argmax(engine.forward(params, config, np.array([sequence]))[0, -1]))
 
         def step(token):
             sequence.append(token)
-            return int(np.argmax(model.forward(params, config, np.array([sequence]))[0, -1]))
+            return int(np.argmax(engine.forward(params, config, np.array([sequence]))[0, -1]))
 
         return run_prompt, step
 
-    use_kernel = spec["engine"] == "minigrok"  # minigrok-numpy: decode steps on the readable NumPy path
+    compiled = spec["engine"] == "minigrok"  # minigrok-numpy: the readable NumPy model.forward throughout
     state = {}
 
     def run_prompt():
-        state["cache"] = model.init_cache(config, 1, max_len, use_kernel=use_kernel)
-        return int(np.argmax(model.forward(params, config, ids[None], state["cache"])[0, -1]))
+        state["cache"] = model.init_cache(config, 1, max_len)
+        return int(np.argmax(engine.forward(params, config, ids[None], state["cache"], compiled)[0, -1]))
 
     def step(token):
-        return int(np.argmax(model.forward(params, config, np.array([[token]]), state["cache"])[0, -1]))
+        return int(np.argmax(engine.forward(params, config, np.array([[token]]), state["cache"], compiled)[0, -1]))
 
     return run_prompt, step
 

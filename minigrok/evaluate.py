@@ -16,7 +16,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .config import ModelConfig
-from .model import forward
+from .engine import forward
 
 
 def token_nats(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:

@@ -17,7 +17,8 @@ import numpy as np
 
 from .attention import kv_cache_size
 from .config import ModelConfig
-from .model import forward, init_cache
+from .engine import forward
+from .model import init_cache
 from .sampling import check_sampling_args, sample
 
 

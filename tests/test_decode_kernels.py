@@ -1,4 +1,4 @@
-"""The compiled decode step (minigrok/kernels/decode.py) computes what model.forward's NumPy path computes."""
+"""The compiled decode step (minigrok/kernels/decode.py) computes what the readable model.forward computes."""
 
 import math
 
@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import minigrok.kernels.decode as decode
+from minigrok import engine
 from minigrok.config import ModelConfig
 from minigrok.layers import gelu_tanh, softcap, softmax
 from minigrok.model import forward, init_cache, init_params
@@ -36,14 +37,18 @@ def make_model(seed, n_heads, n_kv_heads, num_experts, top_k, renormalize, cap, 
 
 def decode_both(params, config, tokens, prefill):
     """Logits (T - prefill, vocab) for tokens after the first ``prefill``, one decode step at a time, computed by the
-    compiled step and by the NumPy path; each cache must also end up holding the same keys and values."""
+    compiled step and by model.forward; each cache must also end up holding the same keys and values."""
     out = []
     caches = []
-    for use_kernel in (True, False):
-        cache = init_cache(config, 1, use_kernel=use_kernel)
+    for compiled in (True, False):
+        cache = init_cache(config, 1)
+
+        def run(ids, cache=cache, compiled=compiled):
+            return engine.forward(params, config, ids, cache, compiled)
+
         if prefill:
-            forward(params, config, tokens[None, :prefill], cache)
-        steps = [forward(params, config, tokens[None, t : t + 1], cache)[0, 0] for t in range(prefill, len(tokens))]
+            run(tokens[None, :prefill])
+        steps = [run(tokens[None, t : t + 1])[0, 0] for t in range(prefill, len(tokens))]
         out.append(np.array(steps))
         caches.append(cache)
     for a, b in zip(caches[0].k + caches[0].v, caches[1].k + caches[1].v, strict=True):

@@ -9,7 +9,9 @@ or the routing changed), on both paths: the readable prefill and the decode step
 from pathlib import Path
 
 import numpy as np
+import pytest
 
+from minigrok import engine
 from minigrok.checkpoint import load_gguf
 from minigrok.model import forward, init_cache
 
@@ -24,8 +26,10 @@ def test_prefill_gives_the_recorded_logits():
     np.testing.assert_allclose(logits[positions], GOLDEN["logits"], rtol=0, atol=2e-4)
 
 
-def test_decode_steps_give_the_recorded_logits():
+@pytest.mark.parametrize("compiled", [True, False])  # kernels/decode.py, or model.forward through the cache
+def test_decode_steps_give_the_recorded_logits(compiled):
     ids, positions = GOLDEN["ids"], GOLDEN["positions"]
     cache = init_cache(CONFIG, 1, len(ids))
-    logits = np.stack([forward(PARAMS, CONFIG, np.array([[t]]), cache)[0, 0] for t in ids])  # (T, vocab_size)
+    steps = [engine.forward(PARAMS, CONFIG, np.array([[t]]), cache, compiled)[0, 0] for t in ids]
+    logits = np.stack(steps)  # (T, vocab_size)
     np.testing.assert_allclose(logits[positions], GOLDEN["logits"], rtol=0, atol=2e-4)

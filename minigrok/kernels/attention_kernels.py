@@ -1,7 +1,9 @@
 """Decode attention for one new token, reading only the KV-cache slots its attention pattern keeps.
 
-``decode_attention`` (Numba) and ``decode_attention_numpy`` (its NumPy twin) take the same arguments and give the
-same result (tests/test_sparse_attention.py ties them). A decode step's query sees at most W keys with window:W,
+``decode_attention`` is the compiled twin of minigrok.attention's decode route for one query (``attend_pattern``
+over the cache, which ``attention`` runs for every chunk): tests/test_sparse_attention.py ties the two, and
+kernels/decode.py runs its pieces (``visible_slots``, ``key_scores``, ``weighted_values``) inside the compiled
+decode step. A decode step's query sees at most W keys with window:W,
 S + W with sinks:S,W: both read only those slots of the cache, never a (heads × max_len) score matrix.
 The Numba loops do the memory-bound part: find the visible slots from the positions alone, then read each of their
 key and value rows once for all the query heads that share it (grouped-query attention). The soft-cap and softmax
@@ -13,7 +15,6 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from ..attention import attend, pattern_mask, take_keys
 from ..config import AttentionPattern
 from ..layers import softcap, softmax
 
@@ -134,18 +135,3 @@ def decode_attention(q, q_sink, k, v, k_pos, q_position: int, pattern: Attention
         raise ValueError(f"no cached key is visible to position {q_position} under {pattern}")
     scores = softcap(key_scores(q, q_sink, k, idx, sink) * np.float32(multiplier), cap)  # (B, n_heads, n)
     return weighted_values(softmax(scores, axis=-1), v, idx)  # (B, n_heads, hd)
-
-
-def decode_attention_numpy(q, q_sink, k, v, k_pos, q_position: int, pattern: AttentionPattern, multiplier, cap):
-    """NumPy twin of :func:`decode_attention` (same arguments, same result): gathers the visible slots, then
-    minigrok.attention.attend on them."""
-    k_pos = np.asarray(k_pos, np.int64)
-    _check(q, q_sink, k, v, k_pos)
-    idx = np.flatnonzero(pattern_mask(pattern, [q_position], k_pos)[0])  # (n,) visible slots
-    if idx.size == 0:
-        raise ValueError(f"no cached key is visible to position {q_position} under {pattern}")
-    sink_keys = k_pos[idx] < pattern.sinks  # (n,) all False unless the pattern has sinks
-    mask = np.ones((1, idx.size), bool)
-    k, v = take_keys(k, idx), take_keys(v, idx)  # (B, n_kv, n, hd): a view when the slots are contiguous
-    out, _ = attend(q[:, None], k, v, mask, multiplier, cap, q_sink[:, None], sink_keys)
-    return out[:, 0]  # (B, n_heads, hd)
