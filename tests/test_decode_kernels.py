@@ -11,7 +11,7 @@ import minigrok.kernels.decode as decode
 from minigrok import engine
 from minigrok.config import ModelConfig
 from minigrok.layers import gelu_tanh, softcap, softmax
-from minigrok.model import forward, init_cache, init_params
+from minigrok.model import init_cache, init_params
 from minigrok.quant import QuantizedTensor, storage_type
 
 
@@ -115,20 +115,20 @@ def test_other_dtypes_take_the_numpy_path():
     params64 = {k: v.astype(np.float64) for k, v in params.items()}
     assert decode.kernel_weights(params64, config) is None
     cache = init_cache(config, 1)
-    forward(params64, config, np.array([[1, 2]]), cache)
-    assert forward(params64, config, np.array([[3]]), cache).dtype == np.float64
+    engine.forward(params64, config, np.array([[1, 2]]), cache)
+    assert engine.forward(params64, config, np.array([[3]]), cache).dtype == np.float64
 
 
 def test_a_batch_of_two_takes_the_numpy_path_and_agrees():
     params, config = make_model(4, 4, 2, 4, 2, False, 30.0, "dense")
     tokens = np.array([[5, 6, 7], [8, 9, 10]])
     cache = init_cache(config, 2)
-    forward(params, config, tokens[:, :2], cache)
-    both = forward(params, config, tokens[:, 2:], cache)[:, 0]  # (2, vocab)
+    engine.forward(params, config, tokens[:, :2], cache)
+    both = engine.forward(params, config, tokens[:, 2:], cache)[:, 0]  # (2, vocab)
     for b in range(2):
         single = init_cache(config, 1)
-        forward(params, config, tokens[b : b + 1, :2], single)
-        one = forward(params, config, tokens[b : b + 1, 2:], single)[0, 0]  # compiled step
+        engine.forward(params, config, tokens[b : b + 1, :2], single)
+        one = engine.forward(params, config, tokens[b : b + 1, 2:], single)[0, 0]  # compiled step
         np.testing.assert_allclose(one, both[b], rtol=0, atol=2e-5 * np.abs(both).max())
 
 
@@ -147,11 +147,15 @@ def test_softcap_softmax_in_the_kernel_equals_layers(scores, cap, multiplier):
     np.testing.assert_allclose(got.sum(axis=1), 1, rtol=1e-5)
 
 
-def test_gelu_through_exp_equals_gelu_tanh():
-    # 0.5 x (1 + tanh z) = x / (1 + exp(-2 z)): the form the kernel uses
-    x = np.linspace(-12, 12, 2001, dtype=np.float32)
-    z = np.sqrt(2 / np.pi) * (x + 0.044715 * x**3)
-    np.testing.assert_allclose(x / (1 + np.exp(-2 * z)), gelu_tanh(x), rtol=1e-5, atol=1e-6)
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.floats(-60, 60, width=32), min_size=1, max_size=70))
+def test_geglu_in_the_kernel_equals_gelu_tanh_times_up(values):
+    """The kernel writes gelu_tanh(a) as a / (1 + exp(-2z)) with its own exp; the reference is layers.gelu_tanh."""
+    a = np.array(values, np.float32)
+    b = np.linspace(-2, 2, len(a), dtype=np.float32)
+    got = a.copy()
+    decode._geglu(got, b, np.empty_like(a))
+    np.testing.assert_allclose(got, gelu_tanh(a) * b, rtol=1e-5, atol=1e-6)
 
 
 @settings(max_examples=50, deadline=None)
@@ -172,12 +176,13 @@ def test_exp_known_values():
     np.testing.assert_allclose(got, np.exp(np.clip(x, -87, 88).astype(np.float64)), rtol=3e-7)
 
 
-def test_large_models_split_products_over_threads_small_ones_do_not():
-    _, small = make_model(5, 4, 2, 4, 2, False, 30.0, "dense")
-    big = ModelConfig(vocab_size=4096, d_model=1024, n_layers=8, n_heads=16, n_kv_heads=4, head_dim=64, d_ff=2048)
-    assert small.n_active_params() < decode.THREADED_MODEL_WEIGHTS <= big.n_active_params()
-    params = init_params(small, 0)
-    assert decode.kernel_weights(params, small)[1] == decode.SERIAL
+def test_models_from_the_threshold_on_split_products_over_threads(monkeypatch):
+    params, config = make_model(5, 4, 2, 4, 2, False, 30.0, "dense")
+    active = config.n_active_params()
+    for threshold, expected in [(active + 1, decode.SERIAL), (active, decode.PARALLEL_BLOCK)]:
+        monkeypatch.setattr(decode, "THREADED_MODEL_WEIGHTS", threshold)
+        monkeypatch.setattr(decode, "_last", [None, None])  # forget the remembered answer
+        assert decode.kernel_weights(params, config)[1] == expected
 
 
 @pytest.mark.parametrize("qtype", ["f32", "q8_0", "q4_0"])

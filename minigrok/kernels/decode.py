@@ -274,18 +274,24 @@ def decode_layer(x, w, c, cos, sin, cos_sink, sin_sink, k_cache, v_cache, slot, 
         e = expert_ids[j]
         matvec(expert(w.ffn_gate_exps, e), h, a, min_par)
         matvec(expert(w.ffn_up_exps, e), h, b, min_par)
-        # GeGLU in place: gelu_tanh(a) * b, with 0.5 (1 + tanh(z)) = 1 / (1 + exp(-2z))
-        for f in range(d_ff):
-            g = a[0, f]
-            exp_m2z[f] = float32(-2) * _SQRT_2_OVER_PI * (g + _GELU_A * g * g * g)  # -2z
-        _exp(exp_m2z)
-        for f in range(d_ff):
-            a[0, f] = a[0, f] / (float32(1) + exp_m2z[f]) * b[0, f]
+        _geglu(a[0], b[0], exp_m2z)  # a = gelu_tanh(a) * b
         matvec(expert(w.ffn_down_exps, e), a, y, min_par)
         for o in range(d_model):
             moe_out[0, o] += gates[j] * y[0, o]
     _rms_norm(moe_out, w.layer_output_norm, eps, h)
     x += h
+
+
+@njit(cache=True, fastmath=FASTMATH)
+def _geglu(a, b, exp_m2z):
+    """a[:] = gelu_tanh(a) * b in place, as moe.expert_ffn, with 0.5 (1 + tanh(z)) = 1 / (1 + exp(-2z)).
+    a, b, exp_m2z (d_ff,) float32; exp_m2z is scratch space."""
+    for f in range(a.shape[0]):
+        g = a[f]
+        exp_m2z[f] = float32(-2) * _SQRT_2_OVER_PI * (g + _GELU_A * g * g * g)  # -2z
+    _exp(exp_m2z)
+    for f in range(a.shape[0]):
+        a[f] = a[f] / (float32(1) + exp_m2z[f]) * b[f]
 
 
 @njit(cache=True)
