@@ -215,7 +215,7 @@ def main(argv=None) -> int:
         return 0
 
     from minigrok.checkpoint import load_gguf, read_metadata
-    from minigrok.train.data import load_split
+    from minigrok.dataset import load_split
 
     command = "OPENBLAS_NUM_THREADS=1 NUMBA_NUM_THREADS=1 python benchmarks/quant_bench.py " + " ".join(
         argv if argv is not None else sys.argv[1:]
