@@ -19,9 +19,9 @@ import time
 from collections import defaultdict
 
 import numpy as np
+from bench import prompt_ids  # benchmarks/bench.py, beside this script
 
 from minigrok import engine, model
-from minigrok.bench import prompt_ids
 from minigrok.checkpoint import load_gguf
 from minigrok.kernels import decode
 from minigrok.quant import QuantizedTensor

@@ -8,7 +8,7 @@ checkpoint, a bad flag value) end with one line on stderr, ``minigrok: error: ..
 from __future__ import annotations
 
 import argparse
-import importlib
+import importlib.util
 import math
 import os
 import sys
@@ -27,7 +27,7 @@ COMMANDS: dict[str, tuple[str | None, str]] = {
     "train": ("minigrok.train.trainer", "train a model"),
     "eval": ("minigrok.evaluate", "evaluate a model on held-out text"),
     "quantize": ("minigrok.quantize", "convert a model's weights to Q8_0, Q4_0, F16 or F32"),
-    "bench": ("minigrok.bench", "speed: prefill, decode, first token, memory; vs llama.cpp, naive NumPy, memory bound"),
+    "bench": (None, "speed: prefill, decode, first token, memory; vs llama.cpp, naive NumPy, memory bound"),
 }
 
 
@@ -247,12 +247,29 @@ def run_info(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- bench: a script of the repository, benchmarks/bench.py -------------------------------------------------------
+def _bench():
+    """benchmarks/bench.py, loaded from the repository (the bench is not part of the installed package)."""
+    path = REPO / "benchmarks" / "bench.py"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found; the bench runs from a checkout of the minigrok repository")
+    spec = importlib.util.spec_from_file_location("minigrok_bench", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def add_bench_arguments(p: argparse.ArgumentParser) -> None:
+    _bench().add_arguments(p)
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    return _bench().run(args)
+
+
 # ---- dispatch ----------------------------------------------------------------------------------------------------
 def build_parser(command: str | None) -> Parser:
-    """The parser, with the arguments of ``command`` only (other commands' modules are not imported).
-
-    Raises ModuleNotFoundError if ``command``'s module does not exist.
-    """
+    """The parser, with the arguments of ``command`` only (other commands' modules are not imported)."""
     parser = Parser(
         prog="python -m minigrok",
         description="minigrok: the Grok-1 mixture-of-experts transformer in readable NumPy.",
@@ -278,16 +295,7 @@ def build_parser(command: str | None) -> Parser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     command = next((a for a in argv if not a.startswith("-")), None)
-    try:
-        parser = build_parser(command if command in COMMANDS else None)
-    except ModuleNotFoundError as e:
-        module_name = COMMANDS[command][0]
-        if e.name is None or not (module_name == e.name or module_name.startswith(e.name + ".")):
-            raise  # a missing dependency inside the module is a real error, with its traceback
-        print(
-            f"minigrok: error: the '{command}' command is not available yet ({e.name} does not exist)", file=sys.stderr
-        )
-        return 1
+    parser = build_parser(command if command in COMMANDS else None)
     args = parser.parse_args(argv)
     try:
         return args.run(args)

@@ -191,14 +191,6 @@ def test_cli_default_model_missing_says_how_to_get_one(monkeypatch, tmp_path, ca
     assert "weights" in err and "python -m minigrok train --config configs/shakespeare.toml" in err
 
 
-def test_cli_command_whose_module_is_missing(monkeypatch, capsys):
-    monkeypatch.setitem(cli.COMMANDS, "eval", ("minigrok.no_such_module", "evaluate"))
-    assert cli.main(["eval", "--help"]) == 1
-    assert capsys.readouterr().err == (
-        "minigrok: error: the 'eval' command is not available yet (minigrok.no_such_module does not exist)\n"
-    )
-
-
 def test_cli_keyboard_interrupt_exits_130(monkeypatch, capsys):
     def interrupted(args):
         print("partial", end="")
