@@ -4,7 +4,9 @@
 
 Run once, at commit 0881e43 (before the engine/reference split of issue 16), with minigrok's own NumPy path
 (``model.forward`` over the whole prompt, no cache): llama-cpp-python was not available on the machine then, so the
-values are minigrok's, not llama.cpp's (tests/test_llama_parity.py compares the two when llama.cpp is installed).
+values are minigrok's, not llama.cpp's; tests/make_golden_llama_logits.py adds llama.cpp's to the same file, and
+tests/test_llama_parity.py compares the two at length when llama.cpp is installed. Running this script again
+rewrites the file without them.
 tests/test_golden_logits.py holds every later version of the forward pass, and the compiled decode step, to them.
 """
 
