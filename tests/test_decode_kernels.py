@@ -142,7 +142,7 @@ def test_softcap_softmax_in_the_kernel_equals_layers(scores, cap, multiplier):
     s = np.array([scores, scores[::-1]], np.float32)  # (2, n)
     expected = softmax(softcap(s * np.float32(multiplier), cap))
     got = s.copy()
-    decode._softcap_softmax(got, np.float32(multiplier), np.float32(cap))
+    decode.softcap_softmax(got, np.float32(multiplier), np.float32(cap))
     np.testing.assert_allclose(got, expected, rtol=0, atol=2e-6)
     np.testing.assert_allclose(got.sum(axis=1), 1, rtol=1e-5)
 
@@ -154,7 +154,7 @@ def test_geglu_in_the_kernel_equals_gelu_tanh_times_up(values):
     a = np.array(values, np.float32)
     b = np.linspace(-2, 2, len(a), dtype=np.float32)
     got = a.copy()
-    decode._geglu(got, b, np.empty_like(a))
+    decode.geglu(got, b, np.empty_like(a))
     np.testing.assert_allclose(got, gelu_tanh(a) * b, rtol=1e-5, atol=1e-6)
 
 
@@ -163,7 +163,7 @@ def test_geglu_in_the_kernel_equals_gelu_tanh_times_up(values):
 def test_exp_in_the_kernel_equals_numpy(values):
     x = np.array(values, np.float32)
     got = x.copy()
-    decode._exp(got)
+    decode.exp_inplace(got)
     expected = np.exp(np.clip(x, -87, 88).astype(np.float64))  # the kernel clamps its inputs to [-87, 88]
     np.testing.assert_allclose(got, expected, rtol=5e-7, atol=0)
 
@@ -171,7 +171,7 @@ def test_exp_in_the_kernel_equals_numpy(values):
 def test_exp_known_values():
     x = np.array([0, 1, -1, np.log(2), 10, -10, 88, -87, 100, -100], np.float32)
     got = x.copy()
-    decode._exp(got)
+    decode.exp_inplace(got)
     assert got[0] == 1 and np.isfinite(got).all() and (got > 0).all()
     np.testing.assert_allclose(got, np.exp(np.clip(x, -87, 88).astype(np.float64)), rtol=3e-7)
 

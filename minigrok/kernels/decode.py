@@ -12,7 +12,7 @@ compiled call, ``decode_layer``, and the final norm and logits one more (``final
 Every product in them is ``matvec``, compiled once for each weight type: a float32 loop for F32, the integer
 kernels of quant_kernels.py for Q8_0 and Q4_0 (activations quantized to 8 bits per block, as llama.cpp does). A
 large model splits each big product's rows over Numba's threads. tanh (soft-cap, GELU) is written with exp, and
-exp itself as Cephes' polynomial (``_exp``), because LLVM vectorizes that loop here and not one of libm calls.
+exp itself as Cephes' polynomial (``exp_inplace``), because LLVM vectorizes that loop here and not one of libm calls.
 
 The NumPy twin is ``model.forward`` itself; tests/test_decode_kernels.py checks that both give the same logits,
 step after step, for F32, Q8_0 and Q4_0 weights, every attention pattern and several head and expert shapes.
@@ -169,7 +169,7 @@ _EXP_POLY = (1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2,
 
 
 @njit(cache=True, fastmath=FASTMATH)
-def _exp(a):
+def exp_inplace(a):
     """a[:] = exp(a) in place, for a float32 (n,) array; relative error < 3e-7, inputs clamped to [-87, 88].
 
     Written out (Cephes' expf) because LLVM vectorizes this loop here, 6x faster than a loop of math.exp, which is
@@ -189,20 +189,20 @@ def _exp(a):
 
 
 @njit(cache=True, fastmath=FASTMATH)
-def _softcap_softmax(scores, multiplier, cap):
+def softcap_softmax(scores, multiplier, cap):
     """In place on raw q·k scores (n_heads, n): softmax over n of cap * tanh(multiplier * s / cap) (cap 0: no cap),
     as layers.softcap and layers.softmax, with tanh(y) = 1 - 2 / (exp(2y) + 1)."""
     for g in range(scores.shape[0]):
         row = scores[g]  # (n,)
         if cap > 0:
             row *= float32(2) * multiplier / cap
-            _exp(row)  # exp(2y)
+            exp_inplace(row)  # exp(2y)
             for m in range(row.shape[0]):
                 row[m] = cap * (float32(1) - float32(2) / (row[m] + float32(1)))
         else:
             row *= multiplier
         row -= row.max()
-        _exp(row)
+        exp_inplace(row)
         row /= row.sum()
 
 
@@ -254,7 +254,7 @@ def decode_layer(x, w, c, cos, sin, cos_sink, sin_sink, k_cache, v_cache, slot, 
     _rope(k.reshape(n_kv, hd), cos, sin, k_cache[0, :, slot])  # keys are cached after RoPE
     v_cache[0, :, slot] = v.reshape(n_kv, hd)
     probs = key_scores(q_rot, q_sink, k_cache, idx, sink)  # (1, n_heads, n) raw q·k
-    _softcap_softmax(probs[0], multiplier, cap)
+    softcap_softmax(probs[0], multiplier, cap)
     attn = weighted_values(probs, v_cache, idx)  # (1, n_heads, hd)
     y = np.empty_like(x)  # (1, d_model)
     matvec(w.attn_output, attn.reshape(1, -1), y, min_par)
@@ -274,7 +274,7 @@ def decode_layer(x, w, c, cos, sin, cos_sink, sin_sink, k_cache, v_cache, slot, 
         e = expert_ids[j]
         matvec(expert(w.ffn_gate_exps, e), h, a, min_par)
         matvec(expert(w.ffn_up_exps, e), h, b, min_par)
-        _geglu(a[0], b[0], exp_m2z)  # a = gelu_tanh(a) * b
+        geglu(a[0], b[0], exp_m2z)  # a = gelu_tanh(a) * b
         matvec(expert(w.ffn_down_exps, e), a, y, min_par)
         for o in range(d_model):
             moe_out[0, o] += gates[j] * y[0, o]
@@ -283,13 +283,13 @@ def decode_layer(x, w, c, cos, sin, cos_sink, sin_sink, k_cache, v_cache, slot, 
 
 
 @njit(cache=True, fastmath=FASTMATH)
-def _geglu(a, b, exp_m2z):
+def geglu(a, b, exp_m2z):
     """a[:] = gelu_tanh(a) * b in place, as moe.expert_ffn, with 0.5 (1 + tanh(z)) = 1 / (1 + exp(-2z)).
     a, b, exp_m2z (d_ff,) float32; exp_m2z is scratch space."""
     for f in range(a.shape[0]):
         g = a[f]
         exp_m2z[f] = float32(-2) * _SQRT_2_OVER_PI * (g + _GELU_A * g * g * g)  # -2z
-    _exp(exp_m2z)
+    exp_inplace(exp_m2z)
     for f in range(a.shape[0]):
         a[f] = a[f] / (float32(1) + exp_m2z[f]) * b[f]
 
