@@ -98,7 +98,7 @@ def forward(params: dict, config: ModelConfig, tokens: np.ndarray, cache: KVCach
     """
     tokens = np.asarray(tokens)
     check_inputs(config, tokens, cache)
-    B, T = tokens.shape
+    T = tokens.shape[1]
     step = cache.begin(T) if cache is not None else None  # where the new keys go; raises if they do not fit
     positions = np.arange(T) + (cache.pos if cache is not None else 0)  # (T,) absolute positions
     eps = config.rms_eps

@@ -20,7 +20,7 @@ with AVX2 and AVX-512, by timing each variant of the loop; benchmarks/README.md 
 
 Threads: ``q8_0_matmul`` and ``q4_0_matmul`` cut the rows into blocks of at least ``min_weights`` weights and deal
 them to Numba's threads (``prange``); every row is computed the same way in any block, so the result does not
-depend on the threads. ``matmul`` (used between BLAS calls, in prefills and on the NumPy path) stays on one
+depend on the threads. ``matmul`` (used between BLAS calls in prefills, through CompiledQuantizedTensor) stays on one
 thread; the compiled decode step (decode.py) decides for itself.
 
 Safety: the kernels have explicit signatures, so they accept only C-contiguous arrays of the stated dtypes (Numba
