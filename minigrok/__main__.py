@@ -8,6 +8,7 @@ checkpoint, a bad flag value) end with one line on stderr, ``minigrok: error: ..
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 import math
 import os
@@ -248,8 +249,9 @@ def run_info(args: argparse.Namespace) -> int:
 
 
 # ---- bench: a script of the repository, benchmarks/bench.py -------------------------------------------------------
+@functools.cache
 def _bench():
-    """benchmarks/bench.py, loaded from the repository (the bench is not part of the installed package)."""
+    """benchmarks/bench.py, loaded once from the repository (the bench is not part of the installed package)."""
     path = REPO / "benchmarks" / "bench.py"
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found; the bench runs from a checkout of the minigrok repository")
