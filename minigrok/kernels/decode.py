@@ -214,8 +214,9 @@ DecodeConstants = namedtuple(
 )
 
 
+@functools.lru_cache(maxsize=8)
 def decode_constants(config: ModelConfig) -> DecodeConstants:
-    """The config's numbers that decode_layer reads, typed for the kernel."""
+    """The config's numbers that decode_layer reads, typed for the kernel (made once per config)."""
     return DecodeConstants(
         np.float32(config.rms_eps),
         np.float32(config.attention_multiplier),
