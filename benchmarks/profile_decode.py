@@ -3,13 +3,13 @@
     OPENBLAS_NUM_THREADS=2 NUMBA_NUM_THREADS=2 python benchmarks/profile_decode.py MODEL.gguf [--tokens 32]
 
 Times each part of a greedy single-token decode step after a 128-token prompt, by wrapping functions with a
-clock, --repeats times, keeping the fastest run. On the NumPy path of ``minigrok.model.forward`` (a cache with
-use_kernel=False) the parts are the functions model.py calls: attention, moe, rms_norm, linear (the
-unembedding). On the compiled step (``minigrok.kernels.decode``) a layer is one call, so its parts are the layers
-(``decode_layer``: attention and MoE together), the unembedding (``final_logits``) and the rest. "rest" is the
-step minus the parts (embedding lookup, residual adds, RoPE tables, Python). Also prints the bytes each part
-reads per token and the rate at which it read them (GB/s), which says how close a part is to the memory
-bandwidth. Prints a Markdown table.
+clock, --repeats times, keeping the fastest run. On the NumPy path (``minigrok.model.forward``, which
+``engine.forward(..., compiled=False)`` runs) the parts are the functions model.py calls: attention, moe,
+rms_norm, linear (the unembedding). On the compiled step (``minigrok.kernels.decode``) a layer is one call, so
+its parts are the layers (``decode_layer``: attention and MoE together), the unembedding (``final_logits``) and
+the rest. "rest" is the step minus the parts (embedding lookup, residual adds, RoPE tables, Python). Also prints
+the bytes each part reads per token and the rate at which it read them (GB/s), which says how close a part is to
+the memory bandwidth. Prints a Markdown table.
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ import time
 from collections import defaultdict
 
 import numpy as np
+from bench import prompt_ids  # benchmarks/bench.py, beside this script
 
-from minigrok import model
-from minigrok.bench import prompt_ids
+from minigrok import engine, model
 from minigrok.checkpoint import load_gguf
 from minigrok.kernels import decode
 from minigrok.quant import QuantizedTensor
@@ -70,14 +70,18 @@ def profile(params, config, compiled: bool, n_tokens: int) -> dict[str, float]:
     try:
         for part, name in parts.items():
             setattr(module, name, clocked(part, originals[name]))
-        cache = model.init_cache(config, 1, 128 + n_tokens + 2, use_kernel=compiled)
-        token = int(np.argmax(model.forward(params, config, prompt_ids(config.vocab_size, 128)[None], cache)[0, -1]))
+        cache = model.init_cache(config, 1, 128 + n_tokens + 2)
+
+        def forward(ids):
+            return engine.forward(params, config, ids, cache, compiled)
+
+        token = int(np.argmax(forward(prompt_ids(config.vocab_size, 128)[None])[0, -1]))
         for _ in range(2):  # warm-up: the first decode step loads the decode kernels
-            token = int(np.argmax(model.forward(params, config, np.array([[token]]), cache)[0, -1]))
+            token = int(np.argmax(forward(np.array([[token]]))[0, -1]))
         spent.clear()
         start = time.perf_counter()
         for _ in range(n_tokens):
-            token = int(np.argmax(model.forward(params, config, np.array([[token]]), cache)[0, -1]))
+            token = int(np.argmax(forward(np.array([[token]]))[0, -1]))
         spent["forward"] = time.perf_counter() - start
     finally:
         for name, fn in originals.items():

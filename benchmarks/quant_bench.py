@@ -66,9 +66,9 @@ def _status_mb(key: str) -> float:
 def worker_generate(path: str, prompt_ids: list[int], n_decode: int) -> dict:
     """Load ``path``, then time prefills of ``prompt_ids`` (best of 3) and ``n_decode`` greedy decode steps
     (the median step: robust to a busy shared machine)."""
-    import minigrok.kernels.quant_kernels  # noqa: F401  (Numba and its LLVM: counted in the runtime, for every type)
     from minigrok.checkpoint import load_gguf
-    from minigrok.model import forward, init_cache
+    from minigrok.engine import forward  # what generate runs; loads Numba and its LLVM: counted in the runtime
+    from minigrok.model import init_cache
 
     runtime_mb = _status_mb("VmRSS")
     params, config, _ = load_gguf(path)
@@ -217,7 +217,7 @@ def main(argv=None) -> int:
         return 0
 
     from minigrok.checkpoint import load_gguf, read_metadata
-    from minigrok.train.data import load_split
+    from minigrok.dataset import load_split
 
     command = "OPENBLAS_NUM_THREADS=1 NUMBA_NUM_THREADS=1 python benchmarks/quant_bench.py " + " ".join(
         argv if argv is not None else sys.argv[1:]

@@ -20,15 +20,16 @@ import time
 
 import numpy as np
 
+from minigrok import engine
 from minigrok.attention import keys_needed, kv_cache_size
 from minigrok.config import get_preset
 from minigrok.model import forward, init_cache, init_params
 
 
-def filled_cache(config, context: int, extra: int, use_kernel: bool, rng: np.random.Generator):
+def filled_cache(config, context: int, extra: int, rng: np.random.Generator):
     """A KV cache holding what ``config.pattern`` keeps after ``context`` tokens, with random keys and values."""
     size = kv_cache_size(config.pattern)
-    cache = init_cache(config, 1, context + extra if size is None else size, use_kernel)
+    cache = init_cache(config, 1, context + extra if size is None else size)
     seen = np.arange(context)
     kept = seen[keys_needed(config.pattern, context, None, seen)]  # (n,) positions a later query may still see
     n = len(kept)
@@ -40,16 +41,16 @@ def filled_cache(config, context: int, extra: int, use_kernel: bool, rng: np.ran
     return cache
 
 
-def decode_rate(params, config, context: int, steps: int, use_kernel: bool) -> tuple[float, int]:
+def decode_rate(params, config, context: int, steps: int, compiled: bool) -> tuple[float, int]:
     """(tokens/s of the median decode step, KV-cache bytes at ``context`` tokens) over ``steps`` steps."""
     rng = np.random.default_rng(0)
-    cache = filled_cache(config, context, steps + 1, use_kernel, rng)
+    cache = filled_cache(config, context, steps + 1, rng)
     token = np.array([[1]])
-    forward(params, config, token, cache)  # warm-up (and the kernel's compilation, or its cache load)
+    engine.forward(params, config, token, cache, compiled)  # warm-up (and the kernel's compilation, or its cache load)
     seconds = []
     for _ in range(steps):
         start = time.perf_counter()
-        forward(params, config, token, cache)
+        engine.forward(params, config, token, cache, compiled)
         seconds.append(time.perf_counter() - start)
     per_slot = cache.nbytes() // cache.max_len  # K and V of one position, all layers
     kv_bytes = per_slot * (cache.max_len if cache.rolling else context)  # a dense cache holding exactly `context`
@@ -85,8 +86,8 @@ def main(argv=None) -> int:
         for attention in patterns:
             config = base.replace(attention=attention)
             for context in contexts:
-                numba_rate, nbytes = decode_rate(params, config, context, args.steps, use_kernel=True)
-                numpy_rate, _ = decode_rate(params, config, context, args.steps, use_kernel=False)
+                numba_rate, nbytes = decode_rate(params, config, context, args.steps, compiled=True)
+                numpy_rate, _ = decode_rate(params, config, context, args.steps, compiled=False)
                 row = best.setdefault((attention, context), dict(attention=attention, context=context, kv_bytes=nbytes))
                 row["numba"] = max(row.get("numba", 0.0), numba_rate)
                 row["numpy"] = max(row.get("numpy", 0.0), numpy_rate)

@@ -29,10 +29,10 @@ import numpy as np
 
 from minigrok import attention as attn
 from minigrok.checkpoint import load_gguf
+from minigrok.dataset import load_split
 from minigrok.evaluate import token_nats, window_starts
 from minigrok.model import forward, init_cache
 from minigrok.shipped import shipped_model
-from minigrok.train.data import load_split
 
 HERE = Path(__file__).resolve().parent
 

@@ -8,7 +8,8 @@ checkpoint, a bad flag value) end with one line on stderr, ``minigrok: error: ..
 from __future__ import annotations
 
 import argparse
-import importlib
+import functools
+import importlib.util
 import math
 import os
 import sys
@@ -27,7 +28,7 @@ COMMANDS: dict[str, tuple[str | None, str]] = {
     "train": ("minigrok.train.trainer", "train a model"),
     "eval": ("minigrok.evaluate", "evaluate a model on held-out text"),
     "quantize": ("minigrok.quantize", "convert a model's weights to Q8_0, Q4_0, F16 or F32"),
-    "bench": ("minigrok.bench", "speed: prefill, decode, first token, memory; vs llama.cpp, naive NumPy, memory bound"),
+    "bench": (None, "speed: prefill, decode, first token, memory; vs llama.cpp, naive NumPy, memory bound"),
 }
 
 
@@ -166,24 +167,33 @@ def run_generate(args: argparse.Namespace) -> int:
 
 
 # ---- info --------------------------------------------------------------------------------------------------------
-# Bytes per weight of each storage type. A Q8_0 block stores 32 weights in 34 bytes (an f16 scale + 32 int8), a Q4_0
-# block in 18 bytes (an f16 scale + 16 bytes of nibbles): ggml/src/ggml-common.h, block_q8_0 and block_q4_0.
-BYTES_PER_WEIGHT = {"f32": 4.0, "f16": 2.0, "Q8_0": 34 / 32, "Q4_0": 18 / 32}
+# The types a model file can have (``python -m minigrok quantize``), as info prints them.
+FILE_TYPES = ("f32", "f16", "Q8_0", "Q4_0")
+
+
+def bytes_per_weight(stored: str) -> float:
+    """Bytes per weight of a tensor stored as ``stored`` ("f32", "f16", "q8_0", "q4_0"): 4, 2, or a block of
+    32 weights in quant.BLOCK_BYTES (34 bytes for Q8_0, 18 for Q4_0: ggml/src/ggml-common.h)."""
+    from .quant import BLOCK_BYTES, QK
+
+    return {"f32": 4.0, "f16": 2.0}.get(stored) or BLOCK_BYTES[stored] / QK
 
 
 def weight_bytes(config: ModelConfig, dtype: str) -> tuple[int, int]:
-    """Estimated (total, active per token) bytes of the weights stored as ``dtype`` (a key of BYTES_PER_WEIGHT).
+    """(total, active per token) bytes of the weights in a ``dtype`` file (one of FILE_TYPES).
 
-    Norm vectors and the router (ffn_gate_inp) stay f32, as llama.cpp's quantizer leaves them (src/llama-quant.cpp);
-    every other tensor takes BYTES_PER_WEIGHT[dtype] per weight. Active = all but the (num_experts - top_k)
-    unselected experts of each layer: roughly the bytes one decoded token reads.
+    Each tensor is priced at the type ``quantize`` stores it as (quant.storage_type: norm vectors and the router
+    stay f32, the token embedding f16 in a Q8_0/Q4_0 file). Active = all but the (num_experts - top_k) unselected
+    experts of each layer: roughly the bytes one decoded token reads.
     """
-    total = 0.0
+    from .quant import storage_type
+
+    total = active = 0.0
     for name, shape in config.param_shapes().items():
-        per_weight = 4.0 if len(shape) == 1 or "ffn_gate_inp" in name else BYTES_PER_WEIGHT[dtype]
-        total += math.prod(shape) * per_weight
-    unselected = config.n_layers * (config.num_experts - config.top_k) * 3 * config.d_ff * config.d_model
-    return round(total), round(total - unselected * BYTES_PER_WEIGHT[dtype])
+        n_bytes = math.prod(shape) * bytes_per_weight(storage_type(name, len(shape), dtype.lower()))
+        total += n_bytes
+        active += n_bytes * (config.top_k / config.num_experts if "_exps." in name else 1.0)
+    return round(total), round(active)
 
 
 def human(n: float, unit: str = "") -> str:
@@ -225,25 +235,43 @@ def run_info(args: argparse.Namespace) -> int:
     lines += [f"  {name:<22} {value}" for name, value in vars(config).items()]
     total, active = config.n_params(), config.n_active_params()
     lines.append(f"parameters: {human(total)} total, {human(active)} active per token ({active / total:.1%})")
-    lines.append("weights in memory (estimate: norm vectors and router at f32, every other tensor at the type):")
+    lines.append("weights in a file of each type (as quantize stores them: norms and router f32, the token")
+    lines.append("embedding f16 in Q8_0/Q4_0; bits/weight of the other tensors):")
     lines.append(f"  {'type':<6} {'bits/weight':>11} {'total':>12} {'active/token':>14}")
-    for dtype, per_weight in BYTES_PER_WEIGHT.items():
+    for dtype in FILE_TYPES:
         total_bytes, active_bytes = weight_bytes(config, dtype)
-        lines.append(
-            f"  {dtype:<6} {8 * per_weight:>11.1f} {human(total_bytes, 'B'):>12} {human(active_bytes, 'B'):>14}"
-        )
+        bits = 8 * bytes_per_weight(dtype.lower())
+        lines.append(f"  {dtype:<6} {bits:>11.1f} {human(total_bytes, 'B'):>12} {human(active_bytes, 'B'):>14}")
     kv_bytes = 2 * config.n_layers * config.n_kv_heads * config.head_dim * config.context_length * 4
     lines.append(f"KV cache for {config.context_length} tokens (f32): {human(kv_bytes, 'B')} per sequence")
     print("\n".join(lines))
     return 0
 
 
+# ---- bench: a script of the repository, benchmarks/bench.py -------------------------------------------------------
+@functools.cache
+def _bench():
+    """benchmarks/bench.py, loaded once from the repository (the bench is not part of the installed package)."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench.py"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found; the bench runs from a checkout of the minigrok repository")
+    spec = importlib.util.spec_from_file_location("minigrok_bench", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def add_bench_arguments(p: argparse.ArgumentParser) -> None:
+    _bench().add_arguments(p)
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    return _bench().run(args)
+
+
 # ---- dispatch ----------------------------------------------------------------------------------------------------
 def build_parser(command: str | None) -> Parser:
-    """The parser, with the arguments of ``command`` only (other commands' modules are not imported).
-
-    Raises ModuleNotFoundError if ``command``'s module does not exist.
-    """
+    """The parser, with the arguments of ``command`` only (other commands' modules are not imported)."""
     parser = Parser(
         prog="python -m minigrok",
         description="minigrok: the Grok-1 mixture-of-experts transformer in readable NumPy.",
@@ -269,16 +297,7 @@ def build_parser(command: str | None) -> Parser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     command = next((a for a in argv if not a.startswith("-")), None)
-    try:
-        parser = build_parser(command if command in COMMANDS else None)
-    except ModuleNotFoundError as e:
-        module_name = COMMANDS[command][0]
-        if e.name is None or not (module_name == e.name or module_name.startswith(e.name + ".")):
-            raise  # a missing dependency inside the module is a real error, with its traceback
-        print(
-            f"minigrok: error: the '{command}' command is not available yet ({e.name} does not exist)", file=sys.stderr
-        )
-        return 1
+    parser = build_parser(command if command in COMMANDS else None)
     args = parser.parse_args(argv)
     try:
         return args.run(args)

@@ -265,7 +265,6 @@ class KVCache:
     a bounded number of keys (window, sinks, block without stride; see kv_cache_size) and max_len at least that
     number, the cache rolls: a new token takes the slot of a position no future query can see, so a sequence
     of any length runs in max_len slots (S + W for sinks:S,W), with memory that stays flat.
-    use_kernel: decode steps (one token) use the Numba kernel (minigrok.kernels.attention_kernels) instead of NumPy.
     """
 
     def __init__(
@@ -276,7 +275,6 @@ class KVCache:
         max_len: int,
         head_dim: int,
         pattern: AttentionPattern | None = None,
-        use_kernel: bool = True,
     ):
         shape = (batch_size, n_kv_heads, max_len, head_dim)
         self.k = [np.zeros(shape, np.float32) for _ in range(n_layers)]
@@ -284,7 +282,6 @@ class KVCache:
         self.positions = np.full(max_len, -1, np.int64)
         self.max_len = max_len
         self.pattern = AttentionPattern() if pattern is None else pattern
-        self.use_kernel = use_kernel
         self.pos = 0
 
     @property
@@ -324,37 +321,29 @@ class KVCache:
         self.pos += len(step.positions)
 
 
-def attention(x, wq, wk, wv, wo, cos, sin, config, positions, cache: KVCache | None = None, layer=0, step=None):
+def attention(x, w: dict, config, positions, cache: KVCache | None = None, layer: int = 0, step=None):
     """One grouped-query attention block (without its norms), under ``config.pattern``.
 
-    x (B, T, d_model); wq (n_heads*head_dim, d_model); wk, wv (n_kv_heads*head_dim, d_model);
-    wo (d_model, n_heads*head_dim); cos, sin (T, head_dim/2) for the absolute positions ``positions`` (T,).
-    With a cache, ``step`` (from cache.begin) says where the new keys/values go and which cached ones to read;
-    the caller commits the step after the last layer. A decode step (T = 1) reads the cache in place, with the
-    Numba kernel if cache.use_kernel. Returns (B, T, d_model) float32.
+    x (B, T, d_model) at the absolute positions ``positions`` (T,); w the layer's tensors by short GGUF name:
+    "attn_q" (n_heads*head_dim, d_model), "attn_k", "attn_v" (n_kv_heads*head_dim, d_model), "attn_output"
+    (d_model, n_heads*head_dim). With a cache, ``step`` (from cache.begin) says where the new keys/values go and
+    which cached ones to read; the caller commits the step after the last layer. Returns (B, T, d_model) float32.
     """
     B, T, _ = x.shape
     pattern = config.pattern
-    q = split_heads(linear(x, wq), config.n_heads)  # (B, T, n_heads, hd), before RoPE
+    cos, sin = rope_tables(positions, config.head_dim, config.rope_theta)  # (T, head_dim/2)
+    q = split_heads(linear(x, w["attn_q"]), config.n_heads)  # (B, T, n_heads, hd), before RoPE
     sink_pos = sink_query_positions(pattern, positions)  # (T,) or None
     q_sink = None if sink_pos is None else apply_rope(q, *rope_tables(sink_pos, config.head_dim, config.rope_theta))
     q = apply_rope(q, cos, sin)  # (B, T, n_heads, hd)
-    k = apply_rope(split_heads(linear(x, wk), config.n_kv_heads), cos, sin)  # (B, T, n_kv, hd)
-    v = split_heads(linear(x, wv), config.n_kv_heads)  # (B, T, n_kv, hd)
+    k = apply_rope(split_heads(linear(x, w["attn_k"]), config.n_kv_heads), cos, sin)  # (B, T, n_kv, hd)
+    v = split_heads(linear(x, w["attn_v"]), config.n_kv_heads)  # (B, T, n_kv, hd)
     k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # (B, n_kv, T, hd)
     k_pos = positions
-    args = (config.attention_multiplier, config.attn_logit_softcap)
-    if cache is not None and step.write_first:
+    if cache is not None and step.write_first:  # the new keys go into free slots, then attention reads the cache
         cache.k[layer][:, :, step.slots] = k
         cache.v[layer][:, :, step.slots] = v
         k_pos = step.after[: step.n_read]  # (S,) positions of slots 0..S-1
-        if T == 1:  # decode: read the cache in place, only the slots the pattern keeps
-            from .kernels.attention_kernels import decode_attention, decode_attention_numpy
-
-            decode = decode_attention if cache.use_kernel else decode_attention_numpy
-            q1, q1_sink = q[:, 0], (q if q_sink is None else q_sink)[:, 0]  # (B, n_heads, hd)
-            out = decode(q1, q1_sink, cache.k[layer], cache.v[layer], k_pos, int(positions[0]), pattern, *args)
-            return linear(out.reshape(B, T, -1), wo)  # (B, 1, d_model)
         k, v = cache.k[layer][:, :, : step.n_read], cache.v[layer][:, :, : step.n_read]  # (B, n_kv, S, hd) views
     elif cache is not None:  # a chunk longer than the free slots of a rolling cache
         old_k, old_v = cache.k[layer][:, :, step.read], cache.v[layer][:, :, step.read]  # (B, n_kv, n_old, hd)
@@ -363,5 +352,6 @@ def attention(x, wq, wk, wv, wo, cos, sin, config, positions, cache: KVCache | N
         k_pos = np.concatenate([cache.positions[step.read], positions])  # (S,)
         cache.k[layer][:, :, step.slots] = new_k[:, :, step.store]
         cache.v[layer][:, :, step.slots] = new_v[:, :, step.store]
-    out = attend_pattern(q, k, v, positions, k_pos, pattern, *args, q_sink=q_sink)  # (B, T, n_heads, hd)
-    return linear(out.reshape(B, T, -1), wo)  # (B, T, d_model)
+    multiplier, cap = config.attention_multiplier, config.attn_logit_softcap
+    out = attend_pattern(q, k, v, positions, k_pos, pattern, multiplier, cap, q_sink=q_sink)  # (B, T, n_heads, hd)
+    return linear(out.reshape(B, T, -1), w["attn_output"])  # (B, T, d_model)

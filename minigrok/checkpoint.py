@@ -95,7 +95,7 @@ def save_gguf(
             floating point, all finite; a ``quant.QuantizedTensor`` value is written as its Q8_0/Q4_0 blocks.
         config: the hyperparameters, stored as ``grok.*`` keys (floats as float32, which llama.cpp reads, plus
             exact float64 copies as ``minigrok.config.*``).
-        tokenizer: its ``to_gguf_fields()`` go to the ``tokenizer.ggml.*`` keys; it must have
+        tokenizer: its ``tokenizer_gguf_fields`` go to the ``tokenizer.ggml.*`` keys; it must have
             ``config.vocab_size`` tokens.
         dtype: ``"f32"`` or ``"f16"``: the type of the 2-D and 3-D float weight matrices. 1-D norms and the router
             (``ffn_gate_inp``) are always F32, as llama.cpp's convert_hf_to_gguf.py does.
@@ -113,7 +113,7 @@ def save_gguf(
     if dtype not in ("f32", "f16"):
         raise CheckpointError(f"dtype must be 'f32' or 'f16', got {dtype!r}")
     params = _check_params(params, config, "params")
-    tok = tokenizer.to_gguf_fields()
+    tok = tokenizer_gguf_fields(tokenizer)
     if len(tok["tokens"]) != config.vocab_size:
         raise CheckpointError(
             f"tokenizer has {len(tok['tokens'])} tokens but config.vocab_size is {config.vocab_size}; "
@@ -297,7 +297,7 @@ def load_gguf(
             (Grok-1's constants; ``expert_weights_norm`` -> True; ``key_length`` -> d_model / n_heads).
             Float hyperparameters come back exactly as saved (float64 copies under ``minigrok.config.*``);
             in other files they are llama.cpp's float32 values.
-        tokenizer: ``Tokenizer.from_gguf_fields`` of the ``tokenizer.ggml.*`` keys.
+        tokenizer: ``tokenizer_from_gguf_fields`` of the ``tokenizer.ggml.*`` keys.
 
     Raises:
         CheckpointError: unreadable file, not GGUF, unsupported version, truncated or corrupt, architecture not
@@ -430,10 +430,10 @@ def _read_tokenizer(reader: gguf.GGUFReader, path) -> Tokenizer:
         )
     merges = _value(reader, path, "tokenizer.ggml.merges", "array of str", [])
     try:
-        tokenizer = Tokenizer.from_gguf_fields(tokens, merges, token_types)
+        tokenizer = tokenizer_from_gguf_fields(tokens, merges, token_types)
     except ValueError as e:
         raise CheckpointError(f"{path}: the tokenizer.ggml.* vocabulary is inconsistent: {e}") from None
-    pre, ours = _value(reader, path, "tokenizer.ggml.pre", "str", "default"), tokenizer.to_gguf_fields()["pre"]
+    pre, ours = _value(reader, path, "tokenizer.ggml.pre", "str", "default"), tokenizer_gguf_fields(tokenizer)["pre"]
     if pre != ours:
         raise CheckpointError(
             f"{path} has tokenizer.ggml.pre {pre!r}; minigrok's tokenizer splits text only like {ours!r}"
@@ -490,3 +490,109 @@ def _read_config(reader: gguf.GGUFReader, path) -> ModelConfig:
         return ModelConfig(**hparams)
     except ValueError as e:  # ModelConfig's own checks, e.g. n_heads not a multiple of n_kv_heads
         raise CheckpointError(f"{path}: the grok.* hyperparameters do not make a valid model: {e}") from None
+
+
+# ---- the tokenizer's GGUF fields (llama.cpp "gpt2" tokenizer model) ---------------------------------------------
+# Token types of GGUF's tokenizer.ggml.token_type (gguf-py gguf/constants.py, TokenType).
+TOKEN_TYPE_NORMAL = 1
+TOKEN_TYPE_CONTROL = 3
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's printable stand-in character for each byte (openai/gpt-2 src/encoder.py; gguf-py gguf/vocab.py).
+
+    Printable Latin-1 bytes stand for themselves; the other 68 bytes (controls, space, ...) take the characters
+    from U+0100 on, in byte order: the space 0x20 becomes "Ġ", the newline 0x0A "Ċ". GGUF vocabularies of
+    llama.cpp's "gpt2" tokenizer model store tokens and merges in this form.
+    """
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    table = {b: chr(b) for b in printable}
+    others = [b for b in range(256) if b not in table]
+    table.update({b: chr(256 + n) for n, b in enumerate(others)})
+    return table
+
+
+_BYTE_TO_CHAR = _bytes_to_unicode()
+_CHAR_TO_BYTE = {c: b for b, c in _BYTE_TO_CHAR.items()}
+
+
+def _token_string(token: bytes) -> str:
+    return "".join(_BYTE_TO_CHAR[b] for b in token)
+
+
+def tokenizer_gguf_fields(tokenizer: Tokenizer) -> dict:
+    """The vocabulary as GGUF ``tokenizer.ggml.*`` values, in llama.cpp's "gpt2" (byte-level BPE) form.
+
+    Ordinary tokens and merges are written with GPT-2's byte-to-character table (``_bytes_to_unicode``), merges
+    as "left right" in rank order; special tokens are written as themselves, with token type 3 (control).
+    Same layout as llama.cpp's convert_hf_to_gguf.py (_set_vocab_gpt2) writes.
+
+    Returns:
+        {"tokens": list[str], "merges": list[str], "token_types": list[int], "bos_id": int, "eos_id": int,
+        "pre": "gpt-2"} (llama.cpp's pre-tokenizer name for GPT2_PATTERN).
+    """
+    by_id = sorted(tokenizer.special, key=tokenizer.special.get)
+    return {
+        "tokens": [_token_string(t) for t in tokenizer.tokens] + by_id,
+        "merges": [
+            f"{_token_string(tokenizer.tokens[a])} {_token_string(tokenizer.tokens[b])}" for a, b in tokenizer.merges
+        ],
+        "token_types": [TOKEN_TYPE_NORMAL] * len(tokenizer.tokens) + [TOKEN_TYPE_CONTROL] * len(by_id),
+        "bos_id": tokenizer.eot_id,
+        "eos_id": tokenizer.eot_id,
+        "pre": "gpt-2",
+    }
+
+
+def tokenizer_from_gguf_fields(tokens: list[str], merges: list[str], token_types: list[int]) -> Tokenizer:
+    """Rebuild a tokenizer from the GGUF values that ``tokenizer_gguf_fields`` wrote.
+
+    Normal tokens (type 1) must come first, in id order, then the control tokens (type 3). The merges are
+    redundant with the token order (merge i makes token 256 + i), but llama.cpp encodes with the merges and
+    tiktoken with the order, so they are checked to agree.
+
+    Raises:
+        ValueError: names the first inconsistency: lengths that differ, another token type, a character that
+            is not in GPT-2's byte table, a merge that makes a token not in the list or out of order, ...
+    """
+    if len(tokens) != len(token_types):
+        raise ValueError(f"{len(tokens)} tokens but {len(token_types)} token types; need one type per token")
+    ordinary: list[bytes] = []
+    special: dict[str, int] = {}
+    for i, (text, kind) in enumerate(zip(tokens, token_types, strict=True)):
+        kind = int(kind)
+        if kind == TOKEN_TYPE_NORMAL:
+            if special:
+                raise ValueError(f"normal token {i} {text!r} comes after a control token; specials must be last")
+            bad = [c for c in text if c not in _CHAR_TO_BYTE]
+            if bad or not text:
+                raise ValueError(
+                    f"token {i} {text!r} has characters {bad!r} outside GPT-2's byte-to-unicode table (or is "
+                    "empty); is this a byte-level BPE ('gpt2') vocabulary?"
+                )
+            ordinary.append(bytes(_CHAR_TO_BYTE[c] for c in text))
+        elif kind == TOKEN_TYPE_CONTROL:
+            special[text] = i
+        else:
+            raise ValueError(f"token {i} {text!r} has token type {kind}; minigrok reads 1 (normal) and 3 (control)")
+
+    tokenizer = Tokenizer(ordinary, special)
+    expected = tokenizer_gguf_fields(tokenizer)["merges"]
+    if len(merges) != len(expected):
+        raise ValueError(
+            f"{len(merges)} merges for {len(ordinary)} normal tokens; a byte-level BPE has one merge for each "
+            f"token after the 256 bytes ({len(expected)})"
+        )
+    position = {text: i for i, text in enumerate(tokens)}
+    for i, (merge, want) in enumerate(zip(merges, expected, strict=True)):
+        if merge == want:
+            continue
+        made = merge.replace(" ", "", 1)
+        if made != tokens[256 + i]:
+            where = "is not in the token list" if made not in position else f"is token {position[made]}"
+            raise ValueError(
+                f"merge {i} {merge!r} makes {made!r}, which {where}; merge i must make token 256 + i "
+                f"({tokens[256 + i]!r})"
+            )
+        raise ValueError(f"merge {i} {merge!r} is not how BPE builds token {256 + i}: that is {want!r}")
+    return tokenizer

@@ -1,8 +1,11 @@
 """Model hyperparameters: one dataclass, and the presets minigrok knows.
 
 Every number a forward pass needs lives here, so a reader can see the whole architecture
-at a glance. Values for the ``grok-1`` preset come from xai-org/grok-1 (run.py, model.py);
-see ../shared/reference/grok1-architecture.md in the project notes for each source.
+at a glance. Values for the ``grok-1`` preset come from xai-org/grok-1: run.py sets the sizes (emb_size 48 * 128,
+num_q_heads 48, num_kv_heads 8, key_size 128, num_layers 64, num_experts 8, num_selected_experts 2, vocab_size
+128 * 1024, sequence_len 8192) and the multipliers (embedding_multiplier_scale 78.38367176906169,
+attn_output_multiplier 0.08838834764831845, output_multiplier_scale 0.5773502691896257); model.py applies them and
+soft-caps the attention logits at 30 (``max_attn_val``).
 """
 
 from __future__ import annotations

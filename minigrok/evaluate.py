@@ -16,7 +16,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .config import ModelConfig
-from .model import forward
+from .engine import forward
 
 
 def token_nats(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
@@ -78,8 +78,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args) -> int:
     from .checkpoint import load_gguf
+    from .dataset import load_meta, load_split
     from .tokenizer import Tokenizer
-    from .train.data import load_meta, load_split
 
     params, config, tokenizer = load_gguf(args.model, mmap=True)
     if getattr(args, "attention", None) is not None:  # --attention, added by minigrok.__main__

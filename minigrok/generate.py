@@ -17,8 +17,8 @@ import numpy as np
 
 from .attention import kv_cache_size
 from .config import ModelConfig
-from .kernels import compiling
-from .model import forward, init_cache
+from .engine import forward, warm_up
+from .model import init_cache
 from .sampling import check_sampling_args, sample
 
 
@@ -145,9 +145,7 @@ def generate(
                     on_text(text)
 
     warmup_start = time.perf_counter()
-    kind = getattr(params["blk.0.attn_q.weight"], "type", "f32").upper()  # F32, Q8_0 or Q4_0
-    with compiling(f"the {kind} decode step"):  # the first time, says so on stderr
-        forward(params, config, np.array([[tokenizer.eot_id]]), init_cache(config, 1, 1))  # loads the kernels
+    warm_up(params, config)  # loads the compiled kernels (compiles them the first time, and says so)
     warmup_seconds = time.perf_counter() - warmup_start
 
     start = time.perf_counter()

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .quant import QuantizedTensor, quantized_linear
+from .quant import QuantizedTensor
 
 SQRT_2_OVER_PI = np.float32(np.sqrt(2.0 / np.pi))
 
@@ -16,10 +16,10 @@ def linear(x: np.ndarray, w: np.ndarray) -> np.ndarray:
     """``x @ w.T`` for a weight stored (out, in) as in GGUF, over any leading axes: (..., in) -> (..., out).
 
     The leading axes are flattened first, so NumPy makes one BLAS call (a stacked 3-D matmul is far slower).
-    A Q8_0/Q4_0 weight (a ``QuantizedTensor``) goes to ``quant.quantized_linear``, which reads its blocks directly.
+    A Q8_0/Q4_0 weight (a ``QuantizedTensor``) multiplies itself (``QuantizedTensor.linear``: quant.quantized_linear).
     """
     if isinstance(w, QuantizedTensor):
-        return quantized_linear(x, w)
+        return w.linear(x)
     return (x.reshape(-1, x.shape[-1]) @ w.T).reshape(*x.shape[:-1], w.shape[0])
 
 

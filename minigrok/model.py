@@ -7,6 +7,9 @@ src/models/grok.cpp)::
     h = h + post_attn_norm( attention( pre_attn_norm(h) ) )
     h = h + post_moe_norm(  moe(       pre_moe_norm(h)  ) )
     logits = output_multiplier * ( final_norm(h) @ token_embd.T )
+
+This is the readable reference: NumPy only, it imports nothing from minigrok.kernels. Its compiled twin for one
+decode step is minigrok/kernels/decode.py; minigrok/engine.py chooses which one runs.
 """
 
 from __future__ import annotations
@@ -15,9 +18,29 @@ import numpy as np
 
 from .attention import KVCache, attention, kv_cache_size
 from .config import ModelConfig
-from .kernels.decode import decode_step, kernel_weights
-from .layers import linear, rms_norm, rope_tables
+from .layers import linear, rms_norm
 from .moe import moe
+
+# The tensors of one layer, by their short GGUF names (``blk.{i}.<name>.weight``), in the order the layer uses them.
+LAYER_TENSORS = (
+    "attn_norm",
+    "attn_q",
+    "attn_k",
+    "attn_v",
+    "attn_output",
+    "attn_output_norm",
+    "ffn_norm",
+    "ffn_gate_inp",
+    "ffn_gate_exps",
+    "ffn_up_exps",
+    "ffn_down_exps",
+    "layer_output_norm",
+)
+
+
+def layer_params(params: dict, i: int) -> dict:
+    """Layer i's tensors by short name: ``{"attn_q": params["blk.{i}.attn_q.weight"], ...}`` (no copies)."""
+    return {name: params[f"blk.{i}.{name}.weight"] for name in LAYER_TENSORS}
 
 
 def init_params(config: ModelConfig, seed: int = 0) -> dict[str, np.ndarray]:
@@ -36,17 +59,29 @@ def init_params(config: ModelConfig, seed: int = 0) -> dict[str, np.ndarray]:
     return params
 
 
-def init_cache(
-    config: ModelConfig, batch_size: int = 1, max_len: int | None = None, use_kernel: bool = True
-) -> KVCache:
+def init_cache(config: ModelConfig, batch_size: int = 1, max_len: int | None = None) -> KVCache:
     """An empty KV cache for ``config.pattern`` with ``max_len`` slots.
 
     Default max_len: kv_cache_size(pattern) for a bounded pattern (a rolling cache: S + W slots for sinks:S,W, W for
-    window:W, and any number of tokens), else the context length. use_kernel: decode steps use the Numba kernel.
+    window:W, and any number of tokens), else the context length.
     """
     if max_len is None:
         max_len = kv_cache_size(config.pattern) or config.context_length
-    return KVCache(config.n_layers, batch_size, config.n_kv_heads, max_len, config.head_dim, config.pattern, use_kernel)
+    return KVCache(config.n_layers, batch_size, config.n_kv_heads, max_len, config.head_dim, config.pattern)
+
+
+def check_inputs(config: ModelConfig, tokens: np.ndarray, cache: KVCache | None) -> None:
+    """Raise ValueError unless ``tokens`` (B, T) are ids in [0, vocab_size) that fit the context (no cache) or
+    ``cache`` (made for config.pattern; its room is checked by cache.begin)."""
+    if tokens.ndim != 2:
+        raise ValueError(f"tokens must be (batch, time), got shape {tokens.shape}")
+    T = tokens.shape[1]
+    if cache is None and kv_cache_size(config.pattern) is None and T > config.context_length:
+        raise ValueError(f"sequence of {T} tokens exceeds the {config.context_length}-token limit of this model")
+    if T and (tokens.min() < 0 or tokens.max() >= config.vocab_size):
+        raise ValueError(f"token ids must be in [0, {config.vocab_size}), got {tokens.min()}..{tokens.max()}")
+    if cache is not None and cache.pattern != config.pattern:
+        raise ValueError(f"the cache was made for attention {cache.pattern}, the model uses {config.pattern}")
 
 
 def forward(params: dict, config: ModelConfig, tokens: np.ndarray, cache: KVCache | None = None) -> np.ndarray:
@@ -62,59 +97,19 @@ def forward(params: dict, config: ModelConfig, tokens: np.ndarray, cache: KVCach
     unchanged.
     """
     tokens = np.asarray(tokens)
-    if tokens.ndim != 2:
-        raise ValueError(f"tokens must be (batch, time), got shape {tokens.shape}")
-    B, T = tokens.shape
-    pos = cache.pos if cache is not None else 0
-    if cache is None and kv_cache_size(config.pattern) is None and T > config.context_length:
-        raise ValueError(f"sequence of {T} tokens exceeds the {config.context_length}-token limit of this model")
-    if T and (tokens.min() < 0 or tokens.max() >= config.vocab_size):
-        raise ValueError(f"token ids must be in [0, {config.vocab_size}), got {tokens.min()}..{tokens.max()}")
-    if cache is not None and cache.pattern != config.pattern:
-        raise ValueError(f"the cache was made for attention {cache.pattern}, the model uses {config.pattern}")
-    step = cache.begin(T) if cache is not None else None  # raises if the tokens do not fit
-    # A decode step of one sequence runs in compiled code (kernels/decode.py: the same computation as below, tied to
-    # it by tests/test_decode_kernels.py), unless the cache asks for NumPy or a weight has no kernel (float64).
-    weights = kernel_weights(params, config) if B == 1 and T == 1 and cache is not None and cache.use_kernel else None
-    if weights is not None:
-        logits = decode_step(params, config, int(tokens[0, 0]), cache, step, weights)  # (vocab_size,)
-        cache.commit(step)
-        return logits[None, None]  # (1, 1, vocab_size)
-
+    check_inputs(config, tokens, cache)
+    T = tokens.shape[1]
+    step = cache.begin(T) if cache is not None else None  # where the new keys go; raises if they do not fit
+    positions = np.arange(T) + (cache.pos if cache is not None else 0)  # (T,) absolute positions
     eps = config.rms_eps
-    positions = np.arange(pos, pos + T)  # (T,) absolute positions
-    cos, sin = rope_tables(positions, config.head_dim, config.rope_theta)  # (T, head_dim/2)
     x = params["token_embd.weight"][tokens] * np.float32(config.embedding_multiplier)  # (B, T, d_model)
     for i in range(config.n_layers):
-        p = f"blk.{i}."
-        h = rms_norm(x, params[p + "attn_norm.weight"], eps)  # (B, T, d_model)
-        h = attention(
-            h,
-            params[p + "attn_q.weight"],
-            params[p + "attn_k.weight"],
-            params[p + "attn_v.weight"],
-            params[p + "attn_output.weight"],
-            cos,
-            sin,
-            config,
-            positions,
-            cache,
-            i,
-            step,
-        )  # (B, T, d_model)
-        x = x + rms_norm(h, params[p + "attn_output_norm.weight"], eps)  # (B, T, d_model)
-        h = rms_norm(x, params[p + "ffn_norm.weight"], eps).reshape(B * T, -1)  # (B*T, d_model)
-        h = moe(
-            h,
-            params[p + "ffn_gate_inp.weight"],
-            params[p + "ffn_gate_exps.weight"],
-            params[p + "ffn_up_exps.weight"],
-            params[p + "ffn_down_exps.weight"],
-            config.top_k,
-            config.renormalize_gates,
-        )  # (B*T, d_model)
-        x = x + rms_norm(h.reshape(B, T, -1), params[p + "layer_output_norm.weight"], eps)  # (B, T, d_model)
+        w = layer_params(params, i)  # this layer's tensors: w["attn_q"] is params[f"blk.{i}.attn_q.weight"]
+        h = attention(rms_norm(x, w["attn_norm"], eps), w, config, positions, cache, i, step)  # (B, T, d_model)
+        x = x + rms_norm(h, w["attn_output_norm"], eps)  # (B, T, d_model)
+        h = moe(rms_norm(x, w["ffn_norm"], eps), w, config.top_k, config.renormalize_gates)  # (B, T, d_model)
+        x = x + rms_norm(h, w["layer_output_norm"], eps)  # (B, T, d_model)
     if cache is not None:
-        cache.commit(step)
+        cache.commit(step)  # every layer has stored the new keys: the cache now holds positions .. pos + T - 1
     x = rms_norm(x, params["output_norm.weight"], eps)  # (B, T, d_model)
     return linear(x, params["token_embd.weight"]) * np.float32(config.output_multiplier)  # (B, T, vocab_size)

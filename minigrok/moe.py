@@ -41,18 +41,21 @@ def expert_ffn(x: np.ndarray, w_gate: np.ndarray, w_up: np.ndarray, w_down: np.n
     return linear(hidden, w_down)  # (n, d_model)
 
 
-def moe(x, w_router, w_gate_exps, w_up_exps, w_down_exps, top_k: int, renormalize: bool) -> np.ndarray:
-    """The MoE layer for N tokens: each expert runs only on the tokens routed to it.
+def moe(x: np.ndarray, w: dict, top_k: int, renormalize: bool) -> np.ndarray:
+    """The MoE layer for any number of tokens: each expert runs only on the tokens routed to it.
 
-    x (N, d_model); w_router (num_experts, d_model); w_gate_exps, w_up_exps (num_experts, d_ff, d_model);
-    w_down_exps (num_experts, d_model, d_ff) -> (N, d_model) float32.
+    x (..., d_model); w the layer's tensors by short GGUF name: "ffn_gate_inp" (num_experts, d_model) (the router),
+    "ffn_gate_exps", "ffn_up_exps" (num_experts, d_ff, d_model), "ffn_down_exps" (num_experts, d_model, d_ff).
+    Returns (..., d_model) float32.
     """
-    expert_ids, gates, _ = route(x, w_router, top_k, renormalize)  # (N, top_k) each
-    out = np.zeros_like(x)  # (N, d_model)
+    w_router, w_gate, w_up, w_down = w["ffn_gate_inp"], w["ffn_gate_exps"], w["ffn_up_exps"], w["ffn_down_exps"]
+    x2 = x.reshape(-1, x.shape[-1])  # (N, d_model): every token of every sequence
+    expert_ids, gates, _ = route(x2, w_router, top_k, renormalize)  # (N, top_k) each
+    out = np.zeros_like(x2)  # (N, d_model)
     for e in range(w_router.shape[0]):
         tokens, slot = np.nonzero(expert_ids == e)  # which tokens chose expert e, and in which of their k slots
         if tokens.size == 0:
             continue
-        y = expert_ffn(x[tokens], w_gate_exps[e], w_up_exps[e], w_down_exps[e])  # (n_e, d_model)
+        y = expert_ffn(x2[tokens], w_gate[e], w_up[e], w_down[e])  # (n_e, d_model)
         out[tokens] += gates[tokens, slot, None] * y  # a token picks an expert at most once: no index repeats
-    return out
+    return out.reshape(x.shape)  # (..., d_model)

@@ -15,8 +15,10 @@ quantize_row_q4_0_ref, dequantize_row_*); the functions here are bit-exact with 
 Grok-1 itself was released with int8 weights and one bf16 scale per output column (``QuantizedWeight8bit`` in
 xai-org/grok-1 model.py): :func:`quantize_int8_columns` does that, for comparison with the block formats.
 
-This module is NumPy only. Products with quantized weights run in Numba kernels (minigrok/kernels/quant_kernels.py),
-imported the first time :func:`quantized_linear` runs.
+This module is NumPy only and imports nothing from ``minigrok.kernels``. Its products (:func:`matmul_reference`,
+:func:`dequantize_rows`, :func:`quantized_linear`) are the readable twins of the Numba kernels in
+minigrok/kernels/quant_kernels.py, whose ``CompiledQuantizedTensor`` runs the same :func:`quantized_linear` with
+compiled pieces; minigrok/engine.py decides which one a run uses.
 """
 
 from __future__ import annotations
@@ -257,7 +259,12 @@ class QuantizedTensor:
                 "axes only (its last axis is split into blocks); dequantize() it for anything else"
             )
         d, qs = self.d[index], self.qs[index]
-        return QuantizedTensor(self.type, (*d.shape[:-1], self.shape[-1]), d, qs)
+        return type(self)(self.type, (*d.shape[:-1], self.shape[-1]), d, qs)  # a subclass stays itself
+
+    def linear(self, x: np.ndarray) -> np.ndarray:
+        """``x @ self.T`` over any leading axes of x: :func:`quantized_linear` with the NumPy products.
+        (kernels.quant_kernels.CompiledQuantizedTensor overrides this with the Numba ones.)"""
+        return quantized_linear(x, self)
 
     def __repr__(self) -> str:
         return f"QuantizedTensor({self.type!r}, shape={self.shape})"
@@ -299,22 +306,40 @@ def matmul_reference(x: np.ndarray, w: QuantizedTensor) -> np.ndarray:
     return np.sum(block_dots.astype(np.float32) * scales, axis=2, dtype=np.float32)  # (N, R)
 
 
+def dequantize_rows(w: QuantizedTensor, r0: int, r1: int, out: np.ndarray) -> np.ndarray:
+    """Rows r0..r1-1 of a 2-D quantized weight as float32, written into ``out`` (at least r1 - r0 rows of K);
+    returns the view ``out[: r1 - r0]``. Q8_0: q * d; Q4_0: (q - 8) * d, low nibbles first in each block."""
+    R, K = w.shape
+    if not 0 <= r0 <= r1 <= R or out.shape[0] < r1 - r0 or out.shape[1] != K:
+        raise ValueError(
+            f"need 0 <= r0 <= r1 <= {R} and out of at least r1-r0 rows of {K}, got {r0}, {r1}, {out.shape}"
+        )
+    n = r1 - r0
+    if w.type == Q8_0:
+        q = w.qs[r0:r1].astype(np.float32).reshape(n, K // QK, QK)  # (n, nb, 32)
+    else:
+        packed = w.qs[r0:r1].reshape(n, K // QK, QK // 2)  # (n, nb, 16)
+        q = np.concatenate([packed & 0x0F, packed >> 4], axis=2).astype(np.float32) - 8  # (n, nb, 32)
+    out[:n] = (q * w.d[r0:r1, :, None]).reshape(n, K)  # (n, K)
+    return out[:n]
+
+
 BLAS_MIN_TOKENS = 32  # from this many rows of x on, dequantize tiles of w and use BLAS (ggml-blas: min_batch 32)
 _TILE_FLOATS = 1 << 18  # 1 MB of float32 per dequantized tile: the L2 cache of one core here
 
 
-def quantized_linear(x: np.ndarray, w: QuantizedTensor) -> np.ndarray:
+def quantized_linear(x: np.ndarray, w: QuantizedTensor, matmul=matmul_reference, dequantize_rows=dequantize_rows):
     """``x @ w.T`` for a quantized weight w (out, in), over any leading axes of x: (..., in) -> (..., out) float32.
 
-    Few tokens (decode, < BLAS_MIN_TOKENS rows): the Numba integer kernel, which reads each weight once from its
-    quantized bytes; decoding is memory-bound, so fewer bytes is faster. Many tokens (prefill, eval): compute-bound,
-    where float BLAS beats any integer loop Numba can emit, so rows of w are dequantized one small tile at a
-    time and multiplied with BLAS (as llama.cpp's BLAS backend does for batches, ggml-blas.cpp). The two paths
-    differ only by the 8-bit rounding of x in the first (each value within 1/254 of its block's largest |x|).
-    Raises ValueError if w is not 2-D or the last axis of x is not w's input width.
+    Few tokens (decode, < BLAS_MIN_TOKENS rows): ``matmul``, the integer product on the weight's quantized bytes,
+    as llama.cpp does; decoding is memory-bound, so fewer bytes is faster. Many tokens (prefill, eval):
+    compute-bound, where float BLAS beats any integer loop, so rows of w are dequantized one small tile at a time
+    (``dequantize_rows``) and multiplied with BLAS (as llama.cpp's BLAS backend does for batches, ggml-blas.cpp).
+    The two paths differ only by the 8-bit rounding of x in the first (each value within 1/254 of its block's
+    largest |x|). ``matmul`` and ``dequantize_rows`` default to the NumPy functions above; the Numba kernels of
+    minigrok/kernels/quant_kernels.py take the same arguments. Raises ValueError if w is not 2-D or the last
+    axis of x is not w's input width.
     """
-    from .kernels.quant_kernels import dequantize_rows, matmul
-
     if w.ndim != 2 or x.shape[-1] != w.shape[1]:
         raise ValueError(f"cannot multiply x of shape {x.shape} by a quantized weight of shape {w.shape} (out, in)")
     x2 = np.ascontiguousarray(x.reshape(-1, x.shape[-1]), dtype=np.float32)  # (N, in)

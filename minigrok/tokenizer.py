@@ -38,10 +38,6 @@ from .fileio import atomic_write
 EOT = "<|endoftext|>"
 GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""  # tiktoken's "gpt2"
 
-# Token types of GGUF's tokenizer.ggml.token_type (gguf-py gguf/constants.py, TokenType).
-TOKEN_TYPE_NORMAL = 1
-TOKEN_TYPE_CONTROL = 3
-
 # Unicode's White_Space property (PropList.txt), which is what \s means in tiktoken's Rust regex. Python's own \s
 # (str.isspace) also matches U+001C..U+001F, so it cannot be used as is.
 _WHITE_SPACE = "\t\n\v\f\r \x85\xa0\u1680" + "".join(map(chr, range(0x2000, 0x200B))) + "\u2028\u2029\u202f\u205f\u3000"
@@ -247,28 +243,6 @@ def train_bpe(text: str, vocab_size: int, progress: bool = False) -> Tokenizer:
 # The tokenizer: vocabulary + tiktoken
 
 
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's printable stand-in character for each byte (openai/gpt-2 src/encoder.py; gguf-py gguf/vocab.py).
-
-    Printable Latin-1 bytes stand for themselves; the other 68 bytes (controls, space, ...) take the characters
-    from U+0100 on, in byte order: the space 0x20 becomes "Ġ", the newline 0x0A "Ċ". GGUF vocabularies of
-    llama.cpp's "gpt2" tokenizer model store tokens and merges in this form.
-    """
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    table = {b: chr(b) for b in printable}
-    others = [b for b in range(256) if b not in table]
-    table.update({b: chr(256 + n) for n, b in enumerate(others)})
-    return table
-
-
-_BYTE_TO_CHAR = _bytes_to_unicode()
-_CHAR_TO_BYTE = {c: b for b, c in _BYTE_TO_CHAR.items()}
-
-
-def _token_string(token: bytes) -> str:
-    return "".join(_BYTE_TO_CHAR[b] for b in token)
-
-
 def _recover_merge(rank: dict[bytes, int], token: bytes) -> tuple[bytes, bytes]:
     """The two tokens whose merge makes ``token``, found the way tiktoken encodes it.
 
@@ -371,82 +345,7 @@ class Tokenizer:
         return StreamDecoder(self)
 
     # ------------------------------------------------------------------------------------------------------------
-    # GGUF (llama.cpp "gpt2" tokenizer model) and JSON files
-
-    def to_gguf_fields(self) -> dict:
-        """The vocabulary as GGUF ``tokenizer.ggml.*`` values, in llama.cpp's "gpt2" (byte-level BPE) form.
-
-        Ordinary tokens and merges are written with GPT-2's byte-to-character table (``_bytes_to_unicode``), merges
-        as "left right" in rank order; special tokens are written as themselves, with token type 3 (control).
-        Same layout as llama.cpp's convert_hf_to_gguf.py (_set_vocab_gpt2) writes.
-
-        Returns:
-            {"tokens": list[str], "merges": list[str], "token_types": list[int], "bos_id": int, "eos_id": int,
-            "pre": "gpt-2"} (llama.cpp's pre-tokenizer name for GPT2_PATTERN).
-        """
-        by_id = sorted(self.special, key=self.special.get)
-        return {
-            "tokens": [_token_string(t) for t in self.tokens] + by_id,
-            "merges": [f"{_token_string(self.tokens[a])} {_token_string(self.tokens[b])}" for a, b in self.merges],
-            "token_types": [TOKEN_TYPE_NORMAL] * len(self.tokens) + [TOKEN_TYPE_CONTROL] * len(by_id),
-            "bos_id": self.eot_id,
-            "eos_id": self.eot_id,
-            "pre": "gpt-2",
-        }
-
-    @classmethod
-    def from_gguf_fields(cls, tokens: list[str], merges: list[str], token_types: list[int]) -> Tokenizer:
-        """Rebuild a tokenizer from the GGUF values that ``to_gguf_fields`` wrote.
-
-        Normal tokens (type 1) must come first, in id order, then the control tokens (type 3). The merges are
-        redundant with the token order (merge i makes token 256 + i), but llama.cpp encodes with the merges and
-        tiktoken with the order, so they are checked to agree.
-
-        Raises:
-            ValueError: names the first inconsistency: lengths that differ, another token type, a character that
-                is not in GPT-2's byte table, a merge that makes a token not in the list or out of order, ...
-        """
-        if len(tokens) != len(token_types):
-            raise ValueError(f"{len(tokens)} tokens but {len(token_types)} token types; need one type per token")
-        ordinary: list[bytes] = []
-        special: dict[str, int] = {}
-        for i, (text, kind) in enumerate(zip(tokens, token_types, strict=True)):
-            kind = int(kind)
-            if kind == TOKEN_TYPE_NORMAL:
-                if special:
-                    raise ValueError(f"normal token {i} {text!r} comes after a control token; specials must be last")
-                bad = [c for c in text if c not in _CHAR_TO_BYTE]
-                if bad or not text:
-                    raise ValueError(
-                        f"token {i} {text!r} has characters {bad!r} outside GPT-2's byte-to-unicode table (or is "
-                        "empty); is this a byte-level BPE ('gpt2') vocabulary?"
-                    )
-                ordinary.append(bytes(_CHAR_TO_BYTE[c] for c in text))
-            elif kind == TOKEN_TYPE_CONTROL:
-                special[text] = i
-            else:
-                raise ValueError(f"token {i} {text!r} has token type {kind}; minigrok reads 1 (normal) and 3 (control)")
-
-        tokenizer = cls(ordinary, special)
-        expected = tokenizer.to_gguf_fields()["merges"]
-        if len(merges) != len(expected):
-            raise ValueError(
-                f"{len(merges)} merges for {len(ordinary)} normal tokens; a byte-level BPE has one merge for each "
-                f"token after the 256 bytes ({len(expected)})"
-            )
-        position = {text: i for i, text in enumerate(tokens)}
-        for i, (merge, want) in enumerate(zip(merges, expected, strict=True)):
-            if merge == want:
-                continue
-            made = merge.replace(" ", "", 1)
-            if made != tokens[256 + i]:
-                where = "is not in the token list" if made not in position else f"is token {position[made]}"
-                raise ValueError(
-                    f"merge {i} {merge!r} makes {made!r}, which {where}; merge i must make token 256 + i "
-                    f"({tokens[256 + i]!r})"
-                )
-            raise ValueError(f"merge {i} {merge!r} is not how BPE builds token {256 + i}: that is {want!r}")
-        return tokenizer
+    # JSON files (the GGUF fields are in checkpoint.py: tokenizer_gguf_fields, tokenizer_from_gguf_fields)
 
     def save(self, path) -> None:
         """Write the tokenizer as JSON (token bytes in hex, in id order, and the special tokens), atomically."""

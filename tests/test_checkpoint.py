@@ -10,7 +10,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from minigrok.checkpoint import CheckpointError, load_gguf, read_config, read_metadata, save_gguf
+from minigrok.checkpoint import (
+    CheckpointError,
+    load_gguf,
+    read_config,
+    read_metadata,
+    save_gguf,
+    tokenizer_gguf_fields,
+)
 from minigrok.config import ModelConfig, get_preset
 from minigrok.tokenizer import Tokenizer
 
@@ -110,7 +117,7 @@ def test_round_trip(config, seed, dtype):
         assert os.listdir(tmp) == ["m.gguf"]  # no temp file left behind
 
     assert config2 == config
-    assert tokenizer2 == tokenizer and tokenizer2.to_gguf_fields() == tokenizer.to_gguf_fields()
+    assert tokenizer2 == tokenizer and tokenizer_gguf_fields(tokenizer2) == tokenizer_gguf_fields(tokenizer)
 
     assert loaded.keys() == params.keys()
     for name, arr in params.items():
@@ -236,7 +243,8 @@ def test_f16_file_from_elsewhere_is_upcast(tiny_file, tmp_path):
 
 
 def test_mmap_load_gives_read_only_views_with_the_same_values_and_logits(tiny_file, tmp_path):
-    from minigrok.model import forward, init_cache
+    from minigrok.engine import forward
+    from minigrok.model import init_cache
 
     copied, config, _ = load_gguf(tiny_file)
     mapped, config_m, _ = load_gguf(tiny_file, mmap=True)
@@ -247,12 +255,12 @@ def test_mmap_load_gives_read_only_views_with_the_same_values_and_logits(tiny_fi
         with pytest.raises(ValueError, match="read-only"):
             w[...] = 0
     tokens = np.array([[1, 2, 3, 4]])
-    for use_kernel in (True, False):  # the compiled decode step and the NumPy path both read the views
+    for compiled in (True, False):  # the compiled decode step and the NumPy path both read the views
         logits = []
         for params in (copied, mapped):
-            cache = init_cache(config, 1, use_kernel=use_kernel)
-            forward(params, config, tokens[:, :3], cache)
-            logits.append(forward(params, config, tokens[:, 3:], cache))
+            cache = init_cache(config, 1)
+            forward(params, config, tokens[:, :3], cache, compiled)
+            logits.append(forward(params, config, tokens[:, 3:], cache, compiled))
         np.testing.assert_array_equal(logits[0], logits[1])
     path16 = tmp_path / "tiny16.gguf"  # F16 tensors are widened to float32: copies, writable
     save_gguf(path16, random_params(TINY), TINY, make_tokenizer(TINY.vocab_size), dtype="f16")

@@ -134,10 +134,12 @@ def test_cli_info_preset_grok1():
     proc = run("info", "--preset", "grok-1")
     assert proc.returncode == 0, proc.stderr
     assert "315.68 B total, 83.76 B active per token" in proc.stdout
-    # Q8_0: 34 bytes per 32 weights except norms and router (f32), computed here from the shapes.
+    # Q8_0: 34 bytes per 32 weights except norms and router (f32) and the token embedding (f16), from the shapes.
     shapes = get_preset("grok-1").param_shapes().items()
     f32_weights = sum(np.prod(s) for n, s in shapes if len(s) == 1 or "ffn_gate_inp" in n)
-    q8_bytes = f32_weights * 4 + (get_preset("grok-1").n_params() - f32_weights) * 34 / 32
+    f16_weights = np.prod(get_preset("grok-1").param_shapes()["token_embd.weight"])
+    q8_weights = get_preset("grok-1").n_params() - f32_weights - f16_weights
+    q8_bytes = f32_weights * 4 + f16_weights * 2 + q8_weights * 34 / 32
     assert re.search(rf"Q8_0\s+8\.5\s+{q8_bytes / 1e9:.2f} GB", proc.stdout), proc.stdout
 
 
@@ -189,14 +191,6 @@ def test_cli_default_model_missing_says_how_to_get_one(monkeypatch, tmp_path, ca
     assert "weights" in err and "python -m minigrok train --config configs/shakespeare.toml" in err
 
 
-def test_cli_command_whose_module_is_missing(monkeypatch, capsys):
-    monkeypatch.setitem(cli.COMMANDS, "eval", ("minigrok.no_such_module", "evaluate"))
-    assert cli.main(["eval", "--help"]) == 1
-    assert capsys.readouterr().err == (
-        "minigrok: error: the 'eval' command is not available yet (minigrok.no_such_module does not exist)\n"
-    )
-
-
 def test_cli_keyboard_interrupt_exits_130(monkeypatch, capsys):
     def interrupted(args):
         print("partial", end="")
@@ -212,3 +206,23 @@ def test_refused_generate_prints_no_prompt(model_path):
     proc = run("generate", "-m", str(model_path), "-p", "ROMEO:", "-n", "100000")
     assert proc.returncode == 1 and proc.stdout == ""
     assert "context length" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("file", "dtype"),
+    [
+        ("minigrok-shakespeare.gguf", "f16"),
+        ("minigrok-shakespeare-q8_0.gguf", "Q8_0"),
+        ("minigrok-shakespeare-q4_0.gguf", "Q4_0"),
+    ],
+)
+def test_info_prices_each_tensor_as_the_file_stores_it(file, dtype):
+    """info's weight bytes for a type are the tensor bytes of the shipped file of that type, exactly (the token
+    embedding at f16 in Q8_0/Q4_0 files, norms and router at f32), not an estimate at one type for all."""
+    import gguf
+
+    from minigrok.checkpoint import read_config
+
+    path = cli.DEFAULT_MODEL.parent / file
+    config = read_config(path)
+    assert cli.weight_bytes(config, dtype)[0] == sum(int(t.n_bytes) for t in gguf.GGUFReader(path).tensors)

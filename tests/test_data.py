@@ -1,4 +1,5 @@
-"""Tests for minigrok.train.data: cleaning, the whole-document split, token files, meta, errors. No network."""
+"""Tests for minigrok.train.data and minigrok.dataset: cleaning, the whole-document split, token files, meta,
+errors. No network."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from minigrok import dataset
 from minigrok.tokenizer import Tokenizer
 from minigrok.train import data
 
@@ -55,7 +57,7 @@ def prepared(tmp_path_factory):
 def test_prepare_writes_every_file(prepared):
     out, meta = prepared
     assert sorted(p.name for p in out.iterdir()) == ["meta.json", "tokenizer.json", "train.bin", "val.bin"]
-    assert data.load_meta(out) == meta
+    assert dataset.load_meta(out) == meta
     assert all((out / name).stat().st_mode & 0o777 == 0o644 for name in ["train.bin", "val.bin", "meta.json"])
 
 
@@ -65,7 +67,7 @@ def test_token_files_decode_to_documents_joined_by_eot(prepared):
     assert tokenizer.vocab_size == meta["vocab_size"] == 300
     assert tokenizer.eot_id == meta["eot_id"] == 299
     for split, names in [("train", ["alpha", "gamma"]), ("val", ["beta", "delta"])]:
-        tokens = data.load_split(out, split)
+        tokens = dataset.load_split(out, split)
         assert tokens.dtype == np.dtype("<u2") and isinstance(tokens, np.memmap)
         assert meta[split]["documents"] == names
         pieces = np.split(np.asarray(tokens), np.flatnonzero(tokens == tokenizer.eot_id))
@@ -81,7 +83,7 @@ def test_meta_counts(prepared):
     out, meta = prepared
     for split, names in [("train", ["alpha", "gamma"]), ("val", ["beta", "delta"])]:
         n_chars = sum(len(CLEAN[name]) for name in names)
-        n_tokens = data.load_split(out, split).size
+        n_tokens = dataset.load_split(out, split).size
         assert meta[split]["n_chars"] == n_chars
         assert meta[split]["n_tokens"] == n_tokens
         assert meta[split]["chars_per_token"] == pytest.approx(n_chars / n_tokens, abs=1e-4)
@@ -106,7 +108,7 @@ def test_cli_arguments_end_to_end(tmp_path, capsys):
         ["--from", str(folder), "--val", "gamma", "--out", str(tmp_path / "o"), "--vocab-size", "260"]
     )
     assert data.run(args) == 0
-    meta = data.load_meta(tmp_path / "o")
+    meta = dataset.load_meta(tmp_path / "o")
     assert meta["vocab_size"] == 260 and meta["val"]["documents"] == ["gamma"]
     assert "gamma" in capsys.readouterr().out
 
@@ -247,14 +249,14 @@ def test_val_cannot_take_every_document(tmp_path):
 
 def test_load_split_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="train.bin; prepare it with `python -m minigrok data"):
-        data.load_split(tmp_path, "train")
+        dataset.load_split(tmp_path, "train")
     with pytest.raises(ValueError, match="split 'test' is unknown; use one of train, val"):
-        data.load_split(tmp_path, "test")
+        dataset.load_split(tmp_path, "test")
     (tmp_path / "val.bin").write_bytes(b"\x01\x02\x03")
     with pytest.raises(ValueError, match="3 bytes, not a whole number of uint16 tokens"):
-        data.load_split(tmp_path, "val")
+        dataset.load_split(tmp_path, "val")
     with pytest.raises(FileNotFoundError, match="meta.json; prepare it"):
-        data.load_meta(tmp_path)
+        dataset.load_meta(tmp_path)
 
 
 # --- the shakespeare source, offline ---------------------------------------------------------------------------------

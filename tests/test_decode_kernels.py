@@ -1,4 +1,4 @@
-"""The compiled decode step (minigrok/kernels/decode.py) computes what model.forward's NumPy path computes."""
+"""The compiled decode step (minigrok/kernels/decode.py) computes what the readable model.forward computes."""
 
 import math
 
@@ -8,9 +8,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import minigrok.kernels.decode as decode
+from minigrok import engine
 from minigrok.config import ModelConfig
 from minigrok.layers import gelu_tanh, softcap, softmax
-from minigrok.model import forward, init_cache, init_params
+from minigrok.model import init_cache, init_params
 from minigrok.quant import QuantizedTensor, storage_type
 
 
@@ -36,14 +37,18 @@ def make_model(seed, n_heads, n_kv_heads, num_experts, top_k, renormalize, cap, 
 
 def decode_both(params, config, tokens, prefill):
     """Logits (T - prefill, vocab) for tokens after the first ``prefill``, one decode step at a time, computed by the
-    compiled step and by the NumPy path; each cache must also end up holding the same keys and values."""
+    compiled step and by model.forward; each cache must also end up holding the same keys and values."""
     out = []
     caches = []
-    for use_kernel in (True, False):
-        cache = init_cache(config, 1, use_kernel=use_kernel)
+    for compiled in (True, False):
+        cache = init_cache(config, 1)
+
+        def run(ids, cache=cache, compiled=compiled):
+            return engine.forward(params, config, ids, cache, compiled)
+
         if prefill:
-            forward(params, config, tokens[None, :prefill], cache)
-        steps = [forward(params, config, tokens[None, t : t + 1], cache)[0, 0] for t in range(prefill, len(tokens))]
+            run(tokens[None, :prefill])
+        steps = [run(tokens[None, t : t + 1])[0, 0] for t in range(prefill, len(tokens))]
         out.append(np.array(steps))
         caches.append(cache)
     for a, b in zip(caches[0].k + caches[0].v, caches[1].k + caches[1].v, strict=True):
@@ -110,20 +115,20 @@ def test_other_dtypes_take_the_numpy_path():
     params64 = {k: v.astype(np.float64) for k, v in params.items()}
     assert decode.kernel_weights(params64, config) is None
     cache = init_cache(config, 1)
-    forward(params64, config, np.array([[1, 2]]), cache)
-    assert forward(params64, config, np.array([[3]]), cache).dtype == np.float64
+    engine.forward(params64, config, np.array([[1, 2]]), cache)
+    assert engine.forward(params64, config, np.array([[3]]), cache).dtype == np.float64
 
 
 def test_a_batch_of_two_takes_the_numpy_path_and_agrees():
     params, config = make_model(4, 4, 2, 4, 2, False, 30.0, "dense")
     tokens = np.array([[5, 6, 7], [8, 9, 10]])
     cache = init_cache(config, 2)
-    forward(params, config, tokens[:, :2], cache)
-    both = forward(params, config, tokens[:, 2:], cache)[:, 0]  # (2, vocab)
+    engine.forward(params, config, tokens[:, :2], cache)
+    both = engine.forward(params, config, tokens[:, 2:], cache)[:, 0]  # (2, vocab)
     for b in range(2):
         single = init_cache(config, 1)
-        forward(params, config, tokens[b : b + 1, :2], single)
-        one = forward(params, config, tokens[b : b + 1, 2:], single)[0, 0]  # compiled step
+        engine.forward(params, config, tokens[b : b + 1, :2], single)
+        one = engine.forward(params, config, tokens[b : b + 1, 2:], single)[0, 0]  # compiled step
         np.testing.assert_allclose(one, both[b], rtol=0, atol=2e-5 * np.abs(both).max())
 
 
@@ -137,16 +142,20 @@ def test_softcap_softmax_in_the_kernel_equals_layers(scores, cap, multiplier):
     s = np.array([scores, scores[::-1]], np.float32)  # (2, n)
     expected = softmax(softcap(s * np.float32(multiplier), cap))
     got = s.copy()
-    decode._softcap_softmax(got, np.float32(multiplier), np.float32(cap))
+    decode.softcap_softmax(got, np.float32(multiplier), np.float32(cap))
     np.testing.assert_allclose(got, expected, rtol=0, atol=2e-6)
     np.testing.assert_allclose(got.sum(axis=1), 1, rtol=1e-5)
 
 
-def test_gelu_through_exp_equals_gelu_tanh():
-    # 0.5 x (1 + tanh z) = x / (1 + exp(-2 z)): the form the kernel uses
-    x = np.linspace(-12, 12, 2001, dtype=np.float32)
-    z = np.sqrt(2 / np.pi) * (x + 0.044715 * x**3)
-    np.testing.assert_allclose(x / (1 + np.exp(-2 * z)), gelu_tanh(x), rtol=1e-5, atol=1e-6)
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.floats(-60, 60, width=32), min_size=1, max_size=70))
+def test_geglu_in_the_kernel_equals_gelu_tanh_times_up(values):
+    """The kernel writes gelu_tanh(a) as a / (1 + exp(-2z)) with its own exp; the reference is layers.gelu_tanh."""
+    a = np.array(values, np.float32)
+    b = np.linspace(-2, 2, len(a), dtype=np.float32)
+    got = a.copy()
+    decode.geglu(got, b, np.empty_like(a))
+    np.testing.assert_allclose(got, gelu_tanh(a) * b, rtol=1e-5, atol=1e-6)
 
 
 @settings(max_examples=50, deadline=None)
@@ -154,7 +163,7 @@ def test_gelu_through_exp_equals_gelu_tanh():
 def test_exp_in_the_kernel_equals_numpy(values):
     x = np.array(values, np.float32)
     got = x.copy()
-    decode._exp(got)
+    decode.exp_inplace(got)
     expected = np.exp(np.clip(x, -87, 88).astype(np.float64))  # the kernel clamps its inputs to [-87, 88]
     np.testing.assert_allclose(got, expected, rtol=5e-7, atol=0)
 
@@ -162,17 +171,18 @@ def test_exp_in_the_kernel_equals_numpy(values):
 def test_exp_known_values():
     x = np.array([0, 1, -1, np.log(2), 10, -10, 88, -87, 100, -100], np.float32)
     got = x.copy()
-    decode._exp(got)
+    decode.exp_inplace(got)
     assert got[0] == 1 and np.isfinite(got).all() and (got > 0).all()
     np.testing.assert_allclose(got, np.exp(np.clip(x, -87, 88).astype(np.float64)), rtol=3e-7)
 
 
-def test_large_models_split_products_over_threads_small_ones_do_not():
-    _, small = make_model(5, 4, 2, 4, 2, False, 30.0, "dense")
-    big = ModelConfig(vocab_size=4096, d_model=1024, n_layers=8, n_heads=16, n_kv_heads=4, head_dim=64, d_ff=2048)
-    assert small.n_active_params() < decode.THREADED_MODEL_WEIGHTS <= big.n_active_params()
-    params = init_params(small, 0)
-    assert decode.kernel_weights(params, small)[1] == decode.SERIAL
+def test_models_from_the_threshold_on_split_products_over_threads(monkeypatch):
+    params, config = make_model(5, 4, 2, 4, 2, False, 30.0, "dense")
+    active = config.n_active_params()
+    for threshold, expected in [(active + 1, decode.SERIAL), (active, decode.PARALLEL_BLOCK)]:
+        monkeypatch.setattr(decode, "THREADED_MODEL_WEIGHTS", threshold)
+        monkeypatch.setattr(decode, "_last", [None, None])  # forget the remembered answer
+        assert decode.kernel_weights(params, config)[1] == expected
 
 
 @pytest.mark.parametrize("qtype", ["f32", "q8_0", "q4_0"])

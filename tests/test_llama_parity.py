@@ -60,6 +60,7 @@ import pytest
 
 import minigrok.model
 import minigrok.moe
+from minigrok import engine
 from minigrok.checkpoint import load_gguf, save_gguf
 from minigrok.config import ModelConfig, grok1_constants
 from minigrok.generate import generate
@@ -189,8 +190,8 @@ def decode_logits(params, config, ids, use_kernel: bool = True) -> np.ndarray:
     """minigrok's logits (T, vocab) computed as generate's decode steps do: one token at a time through a KV cache
     (with Q8_0/Q4_0 weights, the path whose activations are quantized to 8 bits as llama.cpp's are); use_kernel:
     the compiled decode step (kernels/decode.py), else the NumPy path of model.forward."""
-    cache = init_cache(config, 1, len(ids), use_kernel=use_kernel)
-    return np.concatenate([forward(params, config, np.array([[i]]), cache)[0] for i in ids])  # (T, vocab)
+    cache = init_cache(config, 1, len(ids))
+    return np.concatenate([engine.forward(params, config, np.array([[i]]), cache, use_kernel)[0] for i in ids])
 
 
 def logit_margins(logits: np.ndarray) -> np.ndarray:

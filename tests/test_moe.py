@@ -6,7 +6,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from minigrok.config import get_preset
-from minigrok.model import forward, init_params
+from minigrok.model import forward, init_params, layer_params
 from minigrok.moe import expert_ffn, moe, route
 
 D_MODEL, D_FF = 8, 12
@@ -44,6 +44,11 @@ def moe_setups(draw, top_k_all=False):
     return x, top_k, moe_weights(rng, num_experts)
 
 
+def layer(router, gate, up, down) -> dict:
+    """The MoE tensors of a layer, by the short GGUF names moe() reads."""
+    return {"ffn_gate_inp": router, "ffn_gate_exps": gate, "ffn_up_exps": up, "ffn_down_exps": down}
+
+
 @given(moe_setups())
 def test_identical_experts_give_one_dense_ffn_times_the_gate_sum(setup):
     x, top_k, (router, gate, up, down) = setup
@@ -51,10 +56,10 @@ def test_identical_experts_give_one_dense_ffn_times_the_gate_sum(setup):
     same = [np.repeat(w[:1], num_experts, axis=0) for w in (gate, up, down)]  # every expert = expert 0
     dense = dense_ffn64(x, gate[0], up[0], down[0])  # (N, d_model)
     _, gates, _ = route(x, router, top_k, renormalize=False)
-    raw = moe(x, router, *same, top_k, renormalize=False)
+    raw = moe(x, layer(router, *same), top_k, renormalize=False)
     assert raw.dtype == np.float32 and raw.shape == x.shape
     np.testing.assert_allclose(raw, dense * gates.sum(axis=-1, keepdims=True), rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(moe(x, router, *same, top_k, renormalize=True), dense, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(moe(x, layer(router, *same), top_k, renormalize=True), dense, rtol=1e-5, atol=1e-5)
 
 
 @given(moe_setups(top_k_all=True))
@@ -62,7 +67,8 @@ def test_top_k_equal_to_num_experts_is_the_soft_mixture_of_all_experts(setup):
     x, top_k, (router, gate, up, down) = setup
     p = softmax64(x.astype(np.float64) @ router.T.astype(np.float64))  # (N, num_experts)
     mixture = sum(p[:, e : e + 1] * dense_ffn64(x, gate[e], up[e], down[e]) for e in range(router.shape[0]))
-    np.testing.assert_allclose(moe(x, router, gate, up, down, top_k, renormalize=False), mixture, rtol=1e-5, atol=1e-5)
+    out = moe(x, layer(router, gate, up, down), top_k, renormalize=False)
+    np.testing.assert_allclose(out, mixture, rtol=1e-5, atol=1e-5)
 
 
 @given(st.data(), st.integers(2, 6))
@@ -143,10 +149,10 @@ def test_renormalised_and_raw_gates_differ_only_through_the_post_moe_norm(seed, 
     # over 4 experts (init_params' router gives logits ~0.2).
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((T, TINY.d_model)).astype(np.float32)
-    w = [params[f"blk.0.{n}.weight"] for n in ("ffn_gate_inp", "ffn_gate_exps", "ffn_up_exps", "ffn_down_exps")]
-    _, gates, _ = route(x, w[0], TINY.top_k, renormalize=False)
-    moe_raw = moe(x, *w, TINY.top_k, renormalize=False)
-    moe_renorm = moe(x, *w, TINY.top_k, renormalize=True)
+    w = layer_params(params, 0)
+    _, gates, _ = route(x, w["ffn_gate_inp"], TINY.top_k, renormalize=False)
+    moe_raw = moe(x, w, TINY.top_k, renormalize=False)
+    moe_renorm = moe(x, w, TINY.top_k, renormalize=True)
     np.testing.assert_allclose(moe_renorm, moe_raw / gates.sum(axis=-1, keepdims=True), rtol=1e-5, atol=1e-5)
     assert np.max(np.abs(moe_renorm - moe_raw)) > 0.3 * np.max(np.abs(moe_raw))
 

@@ -10,6 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
+from minigrok import engine
 from minigrok.__main__ import main
 from minigrok.checkpoint import load_gguf, save_gguf
 from minigrok.config import get_preset
@@ -24,6 +25,7 @@ from minigrok.quant import (
     QuantizedTensor,
     dequantize,
     dequantize_int8_columns,
+    dequantize_rows,
     matmul_reference,
     quantize,
     quantize_activations,
@@ -307,6 +309,21 @@ def test_quantized_linear_over_leading_axes(qtype, n_tokens, monkeypatch):
     assert rel < (0.02 if n_tokens < 16 else 1e-5)
 
 
+@pytest.mark.parametrize("qtype", TYPES)
+@pytest.mark.parametrize("n_tokens", [3, 40])
+def test_compiled_quantized_linear_is_the_numpy_one(qtype, n_tokens):
+    """CompiledQuantizedTensor runs quantized_linear with the Numba pieces: its dequantized tiles are bit-equal
+    to the NumPy dequantize_rows, and its integer products equal matmul_reference up to the float32 sum order."""
+    rng = np.random.default_rng(5)
+    w = QuantizedTensor.from_float(rng.standard_normal((3, 10, 64)).astype(np.float32), qtype)
+    fast = qk.CompiledQuantizedTensor.of(w)
+    assert fast.qs is w.qs and isinstance(fast[1], qk.CompiledQuantizedTensor)  # shares the arrays; slices stay fast
+    a, b = np.empty((4, 64), np.float32), np.empty((4, 64), np.float32)
+    np.testing.assert_array_equal(qk.dequantize_rows(w[1], 3, 7, a), dequantize_rows(w[1], 3, 7, b))
+    x = rng.standard_normal((n_tokens, 64)).astype(np.float32)
+    np.testing.assert_allclose(fast[1].linear(x), w[1].linear(x), rtol=1e-5, atol=1e-5)
+
+
 # ---- quantized models --------------------------------------------------------------------------------------------
 TINY = get_preset("grok-tiny")
 
@@ -332,6 +349,21 @@ def test_quantized_model_logits_stay_close(qtype, limit):
     decode = np.concatenate([forward(quantized, TINY, tokens[:, i : i + 1], cache) for i in range(24)], axis=1)
     assert 1e-4 < relative_rms(prefill, ref) < limit  # quantization changed something, and not much
     assert 1e-4 < relative_rms(decode, ref) < limit
+
+
+@pytest.mark.parametrize("qtype", [Q8_0, Q4_0])
+@pytest.mark.parametrize("n_tokens", [5, 40])  # the integer kernel, and BLAS on dequantized tiles
+def test_the_engine_runs_quantized_products_in_numba_with_the_same_logits(qtype, n_tokens):
+    """engine.forward on anything but a decode step is model.forward with each quantized weight wrapped as a
+    CompiledQuantizedTensor (the same arrays): same logits as the NumPy products, up to float32 summation order."""
+    quantized = convert(init_params(TINY, seed=5), qtype)
+    wrapped = engine.compiled_params(quantized)
+    w = wrapped["blk.0.attn_q.weight"]
+    assert isinstance(w, qk.CompiledQuantizedTensor) and w.qs is quantized["blk.0.attn_q.weight"].qs
+    assert wrapped["blk.0.attn_norm.weight"] is quantized["blk.0.attn_norm.weight"]  # floats as they are
+    tokens = np.random.default_rng(5).integers(0, TINY.vocab_size, size=(1, n_tokens))
+    expected = forward(quantized, TINY, tokens)
+    np.testing.assert_allclose(engine.forward(quantized, TINY, tokens), expected, rtol=0, atol=1e-4)
 
 
 def make_tokenizer(vocab_size: int) -> Tokenizer:

@@ -7,8 +7,10 @@ from hypothesis import strategies as st
 
 from minigrok import __main__ as cli
 from minigrok import attention as attn
+from minigrok import engine
 from minigrok.attention import (
     KVCache,
+    attend_pattern,
     attention,
     keys_needed,
     kv_cache_size,
@@ -17,7 +19,7 @@ from minigrok.attention import (
 )
 from minigrok.config import AttentionPattern, ModelConfig, grok1_constants, parse_attention
 from minigrok.generate import generate
-from minigrok.kernels.attention_kernels import decode_attention, decode_attention_numpy
+from minigrok.kernels.attention_kernels import decode_attention
 from minigrok.layers import apply_rope, linear, rope_tables, softmax
 from minigrok.model import forward, init_cache, init_params
 from minigrok.train import backward as bw
@@ -143,31 +145,21 @@ def test_keys_needed_lists_exactly_the_keys_some_query_sees(pattern, q_lo, n):
         assert keys_needed(pattern, q_lo, None, np.arange(q_lo)).sum() <= size - 1  # + the new token = size
 
 
-def test_lesson_pictures_are_the_models_mask():
-    """The probabilities the model's attention code computes are zero exactly where pattern_mask says False."""
+@pytest.mark.parametrize("T", [20, 150])  # one query block, and several (QUERY_BLOCK = 64)
+def test_lesson_pictures_are_the_models_mask(T):
+    """The attention probabilities the model computes are zero exactly where the lessons' pictures (pattern_mask)
+    are False. Values are one-hot (value j = unit vector j), so the output of each query is its row of
+    probabilities: read from the model's own blocked attention, not from the mask it was given."""
     rng = np.random.default_rng(0)
-    T, seen = 20, []
-    q = rng.standard_normal((1, T, 4, 8)).astype(np.float32)
-    k, v = rng.standard_normal((2, 1, 2, T, 8)).astype(np.float32)
-    original = attn.attend
-
-    def spy(q, k, v, mask, *args):
-        out, probs = original(q, k, v, mask, *args)
-        seen.append((mask, probs))
-        return out, probs
-
+    q = rng.standard_normal((1, T, 4, T)).astype(np.float32)
+    k = rng.standard_normal((1, 2, T, T)).astype(np.float32)
+    v = np.broadcast_to(np.eye(T, dtype=np.float32), (1, 2, T, T))  # (B, n_kv, S, hd): key j carries e_j
     for text in PATTERNS:
         pattern = parse_attention(text)
-        seen.clear()
-        attn.attend = spy
-        try:
-            attn.attend_pattern(q, k, v, np.arange(T), np.arange(T), pattern, 0.3, 30.0)
-        finally:
-            attn.attend = original
-        mask, probs = seen[0]  # T < QUERY_BLOCK: one block, all keys it needs
-        picture = pattern_mask(pattern, np.arange(T), np.arange(T))[:, : mask.shape[1]]
-        np.testing.assert_array_equal(mask, picture)
-        assert np.all(probs[..., ~picture] == 0) and np.all(probs[..., picture] > 0)
+        probs = attn.attend_pattern(q, k, v, np.arange(T), np.arange(T), pattern, 0.3, 30.0)  # (1, T, 4, T)
+        picture = pattern_mask(pattern, np.arange(T), np.arange(T))  # (T, T)
+        for h in range(4):
+            np.testing.assert_array_equal(probs[0, :, h] > 0, picture, err_msg=text)
 
 
 # ---- the model under a pattern ---------------------------------------------------------------------------------------
@@ -216,29 +208,31 @@ def test_every_pattern_is_causal_in_the_whole_model(text, t, seed):
 # ---- the rolling KV cache --------------------------------------------------------------------------------------------
 
 
-def decode_all(config, tokens, prefill, chunk=1, use_kernel=True, max_len=None):
-    """Logits of every position: one call on tokens[:, :prefill], then calls of ``chunk`` tokens through one cache."""
+def decode_all(config, tokens, prefill, chunk=1, compiled=True, max_len=None):
+    """Logits of every position: one call on tokens[:, :prefill], then calls of ``chunk`` tokens through one cache
+    (engine.forward: compiled decode steps for a batch of one, else model.forward)."""
     B, T = tokens.shape
     if max_len is None and kv_cache_size(config.pattern) is None:
         max_len = T  # dense and strided patterns need one slot per token
-    cache = init_cache(config, batch_size=B, max_len=max_len, use_kernel=use_kernel)
-    out = [forward(PARAMS, config, tokens[:, :prefill], cache)]
+    cache = init_cache(config, batch_size=B, max_len=max_len)
+    out = [engine.forward(PARAMS, config, tokens[:, :prefill], cache, compiled)]
     for t in range(prefill, T, chunk):
-        out.append(forward(PARAMS, config, tokens[:, t : t + chunk], cache))
+        out.append(engine.forward(PARAMS, config, tokens[:, t : t + chunk], cache, compiled))
     assert cache.pos == T
     return np.concatenate(out, axis=1)
 
 
 @pytest.mark.parametrize("text", PATTERNS)
-@pytest.mark.parametrize("use_kernel", [True, False])
-def test_rolling_cache_decode_equals_the_prefill_at_every_position(text, use_kernel):
+@pytest.mark.parametrize("batch", [1, 2])  # a batch of 1 decodes in compiled code, a batch of 2 with model.forward
+def test_rolling_cache_decode_equals_the_prefill_at_every_position(text, batch):
     config = with_pattern(text)
-    tokens = tokens_for(4, 2, N)
-    full = forward(PARAMS, config, tokens)  # (2, N, vocab): one prefill of all N tokens under the pattern
-    np.testing.assert_allclose(decode_all(config, tokens, 1, 1, use_kernel), full, rtol=0, atol=2e-5)
-    np.testing.assert_allclose(decode_all(config, tokens, 7, 1, use_kernel), full, rtol=0, atol=2e-5)
+    tokens = tokens_for(4, batch, N)
+    full = forward(PARAMS, config, tokens)  # (batch, N, vocab): one prefill of all N tokens under the pattern
+    np.testing.assert_allclose(decode_all(config, tokens, 1, 1), full, rtol=0, atol=2e-5)
+    np.testing.assert_allclose(decode_all(config, tokens, 7, 1), full, rtol=0, atol=2e-5)
+    np.testing.assert_allclose(decode_all(config, tokens, 7, 1, compiled=False), full, rtol=0, atol=2e-5)
     # chunks longer than the free slots of a rolling cache: attention over kept entries + the chunk
-    np.testing.assert_allclose(decode_all(config, tokens, 3, 9, use_kernel), full, rtol=0, atol=2e-5)
+    np.testing.assert_allclose(decode_all(config, tokens, 3, 9), full, rtol=0, atol=2e-5)
 
 
 @pytest.mark.parametrize("text, size", [("window:5", 5), ("sinks:2,5", 7), ("block:size=4,local=2,global=1", 12)])
@@ -302,15 +296,13 @@ def test_sinks_score_with_positions_within_the_cache_as_streamingllm():
     config = with_pattern(f"sinks:{S},{W}")
     rng = np.random.default_rng(7)
     x = rng.standard_normal((1, T, CFG.d_model)).astype(np.float32)
-    w = {n: PARAMS[f"blk.0.attn_{n}.weight"] for n in ("q", "k", "v", "output")}
+    layer = {f"attn_{n}": PARAMS[f"blk.0.attn_{n}.weight"] for n in ("q", "k", "v", "output")}
+    w = {n: layer[f"attn_{n}"] for n in ("q", "k", "v", "output")}
     cache = init_cache(config.replace(n_layers=1))
     outs = []
     for t in range(T):
         step = cache.begin(1)
-        cos, sin = rope_tables(np.array([t]), CFG.head_dim, CFG.rope_theta)
-        outs.append(
-            attention(x[:, t : t + 1], w["q"], w["k"], w["v"], w["output"], cos, sin, config, [t], cache, 0, step)
-        )
+        outs.append(attention(x[:, t : t + 1], layer, config, np.array([t]), cache, 0, step))
         cache.commit(step)
 
     def literal(t, positions_in_cache):
@@ -345,12 +337,12 @@ def test_training_refuses_sinks_that_would_need_moved_query_positions():
     bw.loss_and_grads(PARAMS, with_pattern("sinks:2,10"), tokens, tokens)  # S + W >= T: no moved positions
 
 
-# ---- the decode kernel and its NumPy twin ----------------------------------------------------------------------------
+# ---- the decode kernel and its NumPy twin (attend_pattern, the route of every chunk in attention) ------------------
 
 
 @settings(max_examples=40, deadline=None)
 @given(patterns(), st.integers(1, 40), st.integers(0, 12), st.integers(0, 2**32 - 1), st.sampled_from([0.0, 30.0]))
-def test_the_numba_decode_kernel_equals_its_numpy_twin(pattern, t, extra_slots, seed, cap):
+def test_the_numba_decode_kernel_equals_the_reference_attention(pattern, t, extra_slots, seed, cap):
     rng = np.random.default_rng(seed)
     B, n_heads, n_kv, hd = 2, 4, 2, 8
     slots = t + 1 + extra_slots
@@ -359,9 +351,9 @@ def test_the_numba_decode_kernel_equals_its_numpy_twin(pattern, t, extra_slots, 
     q, q_sink = (rng.standard_normal((2, B, n_heads, hd)) * 2).astype(np.float32)
     k, v = rng.standard_normal((2, B, n_kv, slots + 3, hd)).astype(np.float32)  # 3 slots past k_pos: never read
     k[:, :, slots:] = np.nan
-    args = (q, q_sink, k, v, k_pos, t, pattern, 0.35, cap)
-    out = decode_attention(*args)
-    np.testing.assert_allclose(out, decode_attention_numpy(*args), rtol=0, atol=1e-5)
+    out = decode_attention(q, q_sink, k, v, k_pos, t, pattern, 0.35, cap)  # (B, n_heads, hd)
+    ref = attend_pattern(q[:, None], k[:, :, :slots], v[:, :, :slots], [t], k_pos, pattern, 0.35, cap, q_sink[:, None])
+    np.testing.assert_allclose(out, ref[:, 0], rtol=0, atol=1e-5)
     assert np.all(np.isfinite(out))
 
 

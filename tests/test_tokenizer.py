@@ -8,6 +8,7 @@ from gguf.vocab import bytes_to_unicode as gguf_bytes_to_unicode
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from minigrok.checkpoint import tokenizer_from_gguf_fields, tokenizer_gguf_fields
 from minigrok.tokenizer import (
     EOT,
     GPT2_PATTERN,
@@ -197,7 +198,7 @@ def test_stream_known_answers():
 
 
 def test_gguf_fields_known_values():
-    fields = TOK.to_gguf_fields()
+    fields = tokenizer_gguf_fields(TOK)
     table = gguf_bytes_to_unicode()  # gguf-py's copy of GPT-2's table
     assert fields["tokens"][:256] == [table[b] for b in range(256)]
     assert fields["tokens"][ord(" ")] == "Ġ" and fields["tokens"][ord("\n")] == "Ċ"
@@ -213,8 +214,8 @@ def test_gguf_fields_known_values():
 
 @given(texts())
 def test_gguf_round_trip(text):
-    fields = TOK.to_gguf_fields()
-    again = Tokenizer.from_gguf_fields(fields["tokens"], fields["merges"], fields["token_types"])
+    fields = tokenizer_gguf_fields(TOK)
+    again = tokenizer_from_gguf_fields(fields["tokens"], fields["merges"], fields["token_types"])
     assert again == TOK and again.merges == TOK.merges and again.eot_id == TOK.eot_id
     assert again.encode(text) == TOK.encode(text)
 
@@ -224,7 +225,7 @@ def _first_merge_of_length(fields, n):
 
 
 def _corrupt(kind):
-    f = TOK.to_gguf_fields()
+    f = tokenizer_gguf_fields(TOK)
     tokens, merges, types = list(f["tokens"]), list(f["merges"]), list(f["token_types"])
     if kind == "unknown char":
         tokens[300] = "a b"  # a space is never in GPT-2's table (it is written Ġ)
@@ -273,7 +274,7 @@ def _corrupt(kind):
 )
 def test_from_gguf_fields_rejects_inconsistent_input(kind, message):
     with pytest.raises(ValueError, match=message):
-        Tokenizer.from_gguf_fields(*_corrupt(kind))
+        tokenizer_from_gguf_fields(*_corrupt(kind))
 
 
 def test_constructor_rejects_bad_vocabularies():

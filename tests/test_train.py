@@ -124,9 +124,9 @@ def test_init_from_starts_at_the_trained_loss(corpus, tmp_path):
     first_fresh = log_losses(tmp_path / "a")[0][1]
     first_tuned = log_losses(tmp_path / "b")[0][1]
     assert first_tuned < first_fresh - 2.0  # starts from what run "a" learned, not from scratch
+    bad = tiny_run(corpus, tmp_path / "c", max_steps=1, init_from=str(trained))
+    bad.model_overrides = {"context_length": 32, "d_ff": 32}  # a model whose expert tensors differ from the file's
     with pytest.raises(ValueError, match="tensor"):
-        bad = tiny_run(corpus, tmp_path / "c", max_steps=1, init_from=str(trained))
-        bad.model_overrides = {"context_length": 32, "d_ff": 32}
         train(bad, progress=False)
 
 

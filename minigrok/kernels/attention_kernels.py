@@ -1,7 +1,9 @@
 """Decode attention for one new token, reading only the KV-cache slots its attention pattern keeps.
 
-``decode_attention`` (Numba) and ``decode_attention_numpy`` (its NumPy twin) take the same arguments and give the
-same result (tests/test_sparse_attention.py ties them). A decode step's query sees at most W keys with window:W,
+``decode_attention`` is the compiled twin of minigrok.attention's decode route for one query (``attend_pattern``
+over the cache, which ``attention`` runs for every chunk): tests/test_sparse_attention.py ties the two, and
+kernels/decode.py runs its pieces (``visible_slots``, ``key_scores``, ``weighted_values``) inside the compiled
+decode step. A decode step's query sees at most W keys with window:W,
 S + W with sinks:S,W: both read only those slots of the cache, never a (heads × max_len) score matrix.
 The Numba loops do the memory-bound part: find the visible slots from the positions alone, then read each of their
 key and value rows once for all the query heads that share it (grouped-query attention). The soft-cap and softmax
@@ -10,57 +12,53 @@ on the (n_heads, n) scores in between are NumPy's (SIMD tanh and exp; Numba's ar
 
 from __future__ import annotations
 
+from collections import namedtuple
+
 import numba
 import numpy as np
 
-from ..attention import attend, pattern_mask, take_keys
 from ..config import AttentionPattern
 from ..layers import softcap, softmax
 
-_KINDS = {"dense": 0, "window": 1, "sinks": 2, "block": 3}
+# The pattern as the kernels take it: its kind as an integer, then its sizes by name (minigrok.config.AttentionPattern;
+# 0 where a kind does not use one). A namedtuple of integers, which Numba compiles like a tuple with field names.
+PatternCode = namedtuple("PatternCode", ["kind", "window", "sinks", "block", "local", "global_blocks", "stride"])
+DENSE, WINDOW, SINKS, BLOCK = 0, 1, 2, 3
+_KINDS = {"dense": DENSE, "window": WINDOW, "sinks": SINKS, "block": BLOCK}
 
 
-def pattern_code(pattern: AttentionPattern) -> np.ndarray:
-    """The pattern as 5 integers for the kernel: (kind, p1, p2, p3, p4).
-
-    dense (0); window (1, W); sinks (2, S, W); block (3, block, local, global_blocks, stride); unused ones are 0.
-    """
-    params = {
-        "dense": (),
-        "window": (pattern.window,),
-        "sinks": (pattern.sinks, pattern.window),
-        "block": (pattern.block, pattern.local, pattern.global_blocks, pattern.stride),
-    }[pattern.kind]
-    return np.array([_KINDS[pattern.kind], *params, *[0] * (4 - len(params))], np.int64)
+def pattern_code(pattern: AttentionPattern) -> PatternCode:
+    """The pattern's kind and sizes as integers, for the kernels."""
+    sizes = (pattern.window, pattern.sinks, pattern.block, pattern.local, pattern.global_blocks, pattern.stride)
+    return PatternCode(_KINDS[pattern.kind], *(int(n) for n in sizes))
 
 
 @numba.njit(cache=True)
-def _visible(kind, p1, p2, p3, p4, i, j):
+def _visible(code, i, j):
     """minigrok.attention.pattern_mask for one (query i, key j) pair; j = -1 is an empty slot."""
     if j < 0 or j > i:
         return False
-    if kind == 1:  # window: the last p1 positions, own included
-        return i - j < p1
-    if kind == 2:  # sinks: the first p1 positions + the last p2
-        return j < p1 or i - j < p2
-    if kind == 3:  # block-sparse: block p1, local p2, global p3, stride p4
-        qb, kb = i // p1, j // p1
-        return qb - kb < p2 or kb < p3 or (p4 > 0 and (qb - kb) % p4 == 0)
+    if code.kind == WINDOW:  # the last `window` positions, own included
+        return i - j < code.window
+    if code.kind == SINKS:  # the first `sinks` positions + the last `window`
+        return j < code.sinks or i - j < code.window
+    if code.kind == BLOCK:  # block-sparse: local blocks, global blocks, every stride-th block back
+        qb, kb = i // code.block, j // code.block
+        return qb - kb < code.local or kb < code.global_blocks or (code.stride > 0 and (qb - kb) % code.stride == 0)
     return True
 
 
 @numba.njit(cache=True)
 def visible_slots(k_pos, q_position, code):
-    """The slots (n,) whose key the query at q_position sees, and which of them are sinks (n,): read from the
-    positions alone, so no key or value of a hidden slot is touched."""
-    kind, p1, p2, p3, p4 = code[0], code[1], code[2], code[3], code[4]
+    """The slots (n,) whose key the query at q_position sees under the PatternCode ``code``, and which of them are
+    sinks (n,): read from the positions alone, so no key or value of a hidden slot is touched."""
     idx = np.empty(k_pos.shape[0], np.int64)
     sink = np.empty(k_pos.shape[0], np.bool_)
     n = 0
     for s in range(k_pos.shape[0]):
-        if _visible(kind, p1, p2, p3, p4, q_position, k_pos[s]):
+        if _visible(code, q_position, k_pos[s]):
             idx[n] = s
-            sink[n] = kind == 2 and k_pos[s] < p1
+            sink[n] = code.kind == SINKS and k_pos[s] < code.sinks
             n += 1
     return idx[:n], sink[:n]
 
@@ -134,18 +132,3 @@ def decode_attention(q, q_sink, k, v, k_pos, q_position: int, pattern: Attention
         raise ValueError(f"no cached key is visible to position {q_position} under {pattern}")
     scores = softcap(key_scores(q, q_sink, k, idx, sink) * np.float32(multiplier), cap)  # (B, n_heads, n)
     return weighted_values(softmax(scores, axis=-1), v, idx)  # (B, n_heads, hd)
-
-
-def decode_attention_numpy(q, q_sink, k, v, k_pos, q_position: int, pattern: AttentionPattern, multiplier, cap):
-    """NumPy twin of :func:`decode_attention` (same arguments, same result): gathers the visible slots, then
-    minigrok.attention.attend on them."""
-    k_pos = np.asarray(k_pos, np.int64)
-    _check(q, q_sink, k, v, k_pos)
-    idx = np.flatnonzero(pattern_mask(pattern, [q_position], k_pos)[0])  # (n,) visible slots
-    if idx.size == 0:
-        raise ValueError(f"no cached key is visible to position {q_position} under {pattern}")
-    sink_keys = k_pos[idx] < pattern.sinks  # (n,) all False unless the pattern has sinks
-    mask = np.ones((1, idx.size), bool)
-    k, v = take_keys(k, idx), take_keys(v, idx)  # (B, n_kv, n, hd): a view when the slots are contiguous
-    out, _ = attend(q[:, None], k, v, mask, multiplier, cap, q_sink[:, None], sink_keys)
-    return out[:, 0]  # (B, n_heads, hd)

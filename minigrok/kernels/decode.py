@@ -12,12 +12,13 @@ compiled call, ``decode_layer``, and the final norm and logits one more (``final
 Every product in them is ``matvec``, compiled once for each weight type: a float32 loop for F32, the integer
 kernels of quant_kernels.py for Q8_0 and Q4_0 (activations quantized to 8 bits per block, as llama.cpp does). A
 large model splits each big product's rows over Numba's threads. tanh (soft-cap, GELU) is written with exp, and
-exp itself as Cephes' polynomial (``_exp``), because LLVM vectorizes that loop here and not one of libm calls.
+exp itself as Cephes' polynomial (``exp_inplace``), because LLVM vectorizes that loop here and not one of libm calls.
 
-The NumPy twin is ``model.forward`` itself (``init_cache(..., use_kernel=False)`` runs it for decode steps too);
-tests/test_decode_kernels.py checks that both give the same logits, step after step, for F32, Q8_0 and Q4_0
-weights, every attention pattern and several head and expert shapes. ``forward`` takes this path for one token
-of one sequence with a cache whose use_kernel is on, when every weight is float32 or Q8_0/Q4_0.
+The NumPy twin is ``model.forward`` itself; tests/test_decode_kernels.py checks that both give the same logits,
+step after step, for F32, Q8_0 and Q4_0 weights, every attention pattern and several head and expert shapes.
+minigrok/engine.py takes this path for one token of one sequence with a cache, when every weight is float32 or
+Q8_0/Q4_0. The arguments are named records (``LayerWeights``, ``DecodeConstants``: namedtuples, which Numba
+compiles like tuples with field names).
 
 Compiled code is cached on disk in a folder keyed by a hash of every source file (see kernels/__init__.py), so an
 edit to any of them, here or in the reference modules, is picked up by the next run.
@@ -28,6 +29,7 @@ from __future__ import annotations
 import functools
 import math
 import operator
+from collections import namedtuple
 
 import numpy as np
 from numba import float32, float64, njit, prange, types
@@ -36,6 +38,7 @@ from numba.extending import overload
 from ..attention import CacheStep, KVCache, sink_query_positions
 from ..config import ModelConfig
 from ..layers import rope_tables
+from ..model import LAYER_TENSORS
 from ..quant import QuantizedTensor
 from .attention_kernels import key_scores, pattern_code, visible_slots, weighted_values
 from .quant_kernels import FASTMATH, SERIAL, n_chunks, q4_0_matmul, q8_0_matmul
@@ -171,7 +174,7 @@ _EXP_POLY = (1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2,
 
 
 @njit(cache=True, fastmath=FASTMATH)
-def _exp(a):
+def exp_inplace(a):
     """a[:] = exp(a) in place, for a float32 (n,) array; relative error < 3e-7, inputs clamped to [-87, 88].
 
     Written out (Cephes' expf) because LLVM vectorizes this loop here, 6x faster than a loop of math.exp, which is
@@ -191,46 +194,65 @@ def _exp(a):
 
 
 @njit(cache=True, fastmath=FASTMATH)
-def _softcap_softmax(scores, multiplier, cap):
+def softcap_softmax(scores, multiplier, cap):
     """In place on raw q·k scores (n_heads, n): softmax over n of cap * tanh(multiplier * s / cap) (cap 0: no cap),
     as layers.softcap and layers.softmax, with tanh(y) = 1 - 2 / (exp(2y) + 1)."""
     for g in range(scores.shape[0]):
         row = scores[g]  # (n,)
         if cap > 0:
             row *= float32(2) * multiplier / cap
-            _exp(row)  # exp(2y)
+            exp_inplace(row)  # exp(2y)
             for m in range(row.shape[0]):
                 row[m] = cap * (float32(1) - float32(2) / (row[m] + float32(1)))
         else:
             row *= multiplier
         row -= row.max()
-        _exp(row)
+        exp_inplace(row)
         row /= row.sum()
 
 
+# A layer's weights by their short GGUF names (model.LAYER_TENSORS), each in kernel form (see kernel_weight).
+LayerWeights = namedtuple("LayerWeights", LAYER_TENSORS)
+# The numbers a decode step needs besides the weights: float32 ones as np.float32, so the arithmetic stays float32.
+DecodeConstants = namedtuple(
+    "DecodeConstants", ["rms_eps", "attention_multiplier", "attn_logit_softcap", "renormalize_gates", "top_k"]
+)
+
+
+@functools.lru_cache(maxsize=8)
+def decode_constants(config: ModelConfig) -> DecodeConstants:
+    """The config's numbers that decode_layer reads, typed for the kernel (made once per config)."""
+    return DecodeConstants(
+        np.float32(config.rms_eps),
+        np.float32(config.attention_multiplier),
+        np.float32(config.attn_logit_softcap),
+        bool(config.renormalize_gates),
+        int(config.top_k),
+    )
+
+
 @njit(cache=True, fastmath=FASTMATH)
-def decode_layer(x, w, cos, sin, cos_sink, sin_sink, k_cache, v_cache, slot, idx, sink, hp, top_k, min_par):
+def decode_layer(x, w, c, cos, sin, cos_sink, sin_sink, k_cache, v_cache, slot, idx, sink, min_par):
     """One decoder layer for one token, adding into the residual stream x (1, d_model) in place.
 
-    w: the layer's 12 weights in kernel form, in the order of _LAYER_TENSORS. cos, sin (hd / 2,): RoPE at the
+    w: LayerWeights, the layer's weights in kernel form; c: DecodeConstants. cos, sin (hd / 2,): RoPE at the
     token's position; cos_sink, sin_sink: at the position its query takes against the sink keys. k_cache, v_cache
     (1, n_kv_heads, C, hd): the new key (after RoPE) and value go to ``slot``, then attention reads the visible
-    slots idx (n,), of which ``sink`` (n,) are sinks. hp (4,) float32: rms_eps, attention_multiplier,
-    attn_logit_softcap, renormalize_gates (0/1). Same steps as model.forward (layers.py, attention.py, moe.py).
+    slots idx (n,), of which ``sink`` (n,) are sinks. min_par: matvec's min_weights. Same steps as model.forward
+    (layers.py, attention.py, moe.py).
     """
-    attn_norm, wq, wk, wv, wo, attn_out_norm, ffn_norm, router, gate, up, down, out_norm = w
-    eps, multiplier, cap, renorm = hp[0], hp[1], hp[2], hp[3] > 0
+    eps, multiplier, cap = c.rms_eps, c.attention_multiplier, c.attn_logit_softcap
     n_kv, hd = k_cache.shape[1], k_cache.shape[3]
-    n_heads, d_ff, d_model = n_rows(wq) // hd, n_rows(gate), x.shape[1]
+    n_heads, d_ff, d_model = n_rows(w.attn_q) // hd, n_rows(w.ffn_gate_exps), x.shape[1]
     # attention: h = RMSNorm(x); q, k, v = h @ W.T; RoPE; k, v into the cache
     h = np.empty_like(x)  # (1, d_model)
-    _rms_norm(x, attn_norm, eps, h)
+    _rms_norm(x, w.attn_norm, eps, h)
     q = np.empty((1, n_heads * hd), np.float32)  # (1, n_heads * hd), before RoPE
     k = np.empty((1, n_kv * hd), np.float32)  # (1, n_kv * hd)
     v = np.empty((1, n_kv * hd), np.float32)  # (1, n_kv * hd)
-    matvec(wq, h, q, min_par)
-    matvec(wk, h, k, min_par)
-    matvec(wv, h, v, min_par)
+    matvec(w.attn_q, h, q, min_par)
+    matvec(w.attn_k, h, k, min_par)
+    matvec(w.attn_v, h, v, min_par)
     q_rot = np.empty((1, n_heads, hd), np.float32)  # (1, n_heads, hd)
     q_sink = np.empty((1, n_heads, hd), np.float32)  # (1, n_heads, hd): the query as the sink keys see it
     _rope(q.reshape(n_heads, hd), cos, sin, q_rot[0])
@@ -238,38 +260,44 @@ def decode_layer(x, w, cos, sin, cos_sink, sin_sink, k_cache, v_cache, slot, idx
     _rope(k.reshape(n_kv, hd), cos, sin, k_cache[0, :, slot])  # keys are cached after RoPE
     v_cache[0, :, slot] = v.reshape(n_kv, hd)
     probs = key_scores(q_rot, q_sink, k_cache, idx, sink)  # (1, n_heads, n) raw q·k
-    _softcap_softmax(probs[0], multiplier, cap)
+    softcap_softmax(probs[0], multiplier, cap)
     attn = weighted_values(probs, v_cache, idx)  # (1, n_heads, hd)
     y = np.empty_like(x)  # (1, d_model)
-    matvec(wo, attn.reshape(1, -1), y, min_par)
-    _rms_norm(y, attn_out_norm, eps, h)
+    matvec(w.attn_output, attn.reshape(1, -1), y, min_par)
+    _rms_norm(y, w.attn_output_norm, eps, h)
     x += h
     # MoE: router logits, softmax, top_k experts, each down(gelu(h @ gate.T) * (h @ up.T)), gated sum
-    _rms_norm(x, ffn_norm, eps, h)
-    logits = np.empty((1, n_rows(router)), np.float32)  # (1, num_experts) router logits
-    matvec(router, h, logits, min_par)
-    expert_ids, gates = np.empty(top_k, np.int64), np.empty(top_k, np.float32)
-    _route(logits[0], top_k, renorm, expert_ids, gates)
+    _rms_norm(x, w.ffn_norm, eps, h)
+    logits = np.empty((1, n_rows(w.ffn_gate_inp)), np.float32)  # (1, num_experts) router logits
+    matvec(w.ffn_gate_inp, h, logits, min_par)
+    expert_ids, gates = np.empty(c.top_k, np.int64), np.empty(c.top_k, np.float32)
+    _route(logits[0], c.top_k, c.renormalize_gates, expert_ids, gates)
     a = np.empty((1, d_ff), np.float32)  # (1, d_ff)
     b = np.empty((1, d_ff), np.float32)  # (1, d_ff)
     exp_m2z = np.empty(d_ff, np.float32)  # (d_ff,) exp(-2z) of the GELU
     moe_out = np.zeros_like(x)  # (1, d_model)
-    for j in range(top_k):
+    for j in range(c.top_k):
         e = expert_ids[j]
-        matvec(expert(gate, e), h, a, min_par)
-        matvec(expert(up, e), h, b, min_par)
-        # GeGLU in place: gelu_tanh(a) * b, with 0.5 (1 + tanh(z)) = 1 / (1 + exp(-2z))
-        for f in range(d_ff):
-            g = a[0, f]
-            exp_m2z[f] = float32(-2) * _SQRT_2_OVER_PI * (g + _GELU_A * g * g * g)  # -2z
-        _exp(exp_m2z)
-        for f in range(d_ff):
-            a[0, f] = a[0, f] / (float32(1) + exp_m2z[f]) * b[0, f]
-        matvec(expert(down, e), a, y, min_par)
+        matvec(expert(w.ffn_gate_exps, e), h, a, min_par)
+        matvec(expert(w.ffn_up_exps, e), h, b, min_par)
+        geglu(a[0], b[0], exp_m2z)  # a = gelu_tanh(a) * b
+        matvec(expert(w.ffn_down_exps, e), a, y, min_par)
         for o in range(d_model):
             moe_out[0, o] += gates[j] * y[0, o]
-    _rms_norm(moe_out, out_norm, eps, h)
+    _rms_norm(moe_out, w.layer_output_norm, eps, h)
     x += h
+
+
+@njit(cache=True, fastmath=FASTMATH)
+def geglu(a, b, exp_m2z):
+    """a[:] = gelu_tanh(a) * b in place, as moe.expert_ffn, with 0.5 (1 + tanh(z)) = 1 / (1 + exp(-2z)).
+    a, b, exp_m2z (d_ff,) float32; exp_m2z is scratch space."""
+    for f in range(a.shape[0]):
+        g = a[f]
+        exp_m2z[f] = float32(-2) * _SQRT_2_OVER_PI * (g + _GELU_A * g * g * g)  # -2z
+    exp_inplace(exp_m2z)
+    for f in range(a.shape[0]):
+        a[f] = a[f] / (float32(1) + exp_m2z[f]) * b[f]
 
 
 @njit(cache=True)
@@ -285,28 +313,12 @@ def final_logits(x, output_norm, token_embd, eps, multiplier, min_par):
 # ---- Python side ----------------------------------------------------------------------------------------------------
 def kernel_weight(w):
     """A weight as the compiled code takes it: a C-contiguous float32 array, or (qs, d) for Q8_0/Q4_0; None for
-    anything else (float64 in gradient checks), which makes ``forward`` take the NumPy path."""
+    anything else (float64 in gradient checks), which makes engine.forward take the NumPy path."""
     if isinstance(w, QuantizedTensor):
         return (w.qs, w.d) if w.qs.flags.c_contiguous and w.d.flags.c_contiguous else None
     if isinstance(w, np.ndarray) and w.dtype == np.float32 and w.flags.c_contiguous:
         return w
     return None
-
-
-_LAYER_TENSORS = (
-    "attn_norm",
-    "attn_q",
-    "attn_k",
-    "attn_v",
-    "attn_output",
-    "attn_output_norm",
-    "ffn_norm",
-    "ffn_gate_inp",
-    "ffn_gate_exps",
-    "ffn_up_exps",
-    "ffn_down_exps",
-    "layer_output_norm",
-)
 
 
 _FLOAT_ONLY = {"attn_norm", "attn_output_norm", "ffn_norm", "ffn_gate_inp", "layer_output_norm"}  # not quantized
@@ -315,13 +327,13 @@ _last: list = [None, None]  # [the weights kernel_weights last looked at, its an
 
 @functools.lru_cache
 def _weight_names(n_layers: int) -> list[str]:
-    """The tensors a decode step reads: each layer's in _LAYER_TENSORS order, then the embedding and final norm."""
-    layers = [f"blk.{i}.{name}.weight" for i in range(n_layers) for name in _LAYER_TENSORS]
+    """The tensors a decode step reads: each layer's in LAYER_TENSORS order, then the embedding and final norm."""
+    layers = [f"blk.{i}.{name}.weight" for i in range(n_layers) for name in LAYER_TENSORS]
     return [*layers, "token_embd.weight", "output_norm.weight"]
 
 
-def kernel_weights(params: dict, config: ModelConfig) -> tuple[list[tuple], int] | None:
-    """(per layer its 12 weights in kernel form (see kernel_weight), min_weights for matvec), or None if a weight
+def kernel_weights(params: dict, config: ModelConfig) -> tuple[list[LayerWeights], int] | None:
+    """(per layer its LayerWeights in kernel form (see kernel_weight), min_weights for matvec), or None if a weight
     has no kernel. Norms, the router and the token embedding must be float32 arrays; projections and experts
     float32 or Q8_0/Q4_0. The answer for the same weight objects is remembered (checking costs microseconds)."""
     objects = [params[n] for n in _weight_names(config.n_layers)]
@@ -330,14 +342,13 @@ def kernel_weights(params: dict, config: ModelConfig) -> tuple[list[tuple], int]
     return _last[1]
 
 
-def _kernel_weights(objects: list, config: ModelConfig) -> tuple[list[tuple], int] | None:
-    n = len(_LAYER_TENSORS)
+def _kernel_weights(objects: list, config: ModelConfig) -> tuple[list[LayerWeights], int] | None:
+    n = len(LAYER_TENSORS)
     converted = [kernel_weight(w) for w in objects]
-    float_only = [i for i, name in enumerate(_LAYER_TENSORS) if name in _FLOAT_ONLY]
-    layers = [tuple(converted[i * n : (i + 1) * n]) for i in range(config.n_layers)]
-    if any(w is None for w in converted) or any(isinstance(layer[j], tuple) for layer in layers for j in float_only):
+    if any(w is None for w in converted) or any(isinstance(w, tuple) for w in converted[-2:]):  # embd, final norm
         return None
-    if any(isinstance(w, tuple) for w in converted[-2:]):  # token_embd, output_norm
+    layers = [LayerWeights(*converted[i * n : (i + 1) * n]) for i in range(config.n_layers)]
+    if any(isinstance(getattr(layer, name), tuple) for layer in layers for name in _FLOAT_ONLY):
         return None
     return layers, (PARALLEL_BLOCK if config.n_active_params() >= THREADED_MODEL_WEIGHTS else SERIAL)
 
@@ -357,16 +368,10 @@ def decode_step(params: dict, config: ModelConfig, token: int, cache: KVCache, s
     k_pos = step.after[: step.n_read]  # (S,) positions of the slots attention reads
     idx, sink = visible_slots(k_pos, position, pattern_code(config.pattern))  # (n,), (n,)
     slot = int(step.slots[0])
+    c = decode_constants(config)
     x = params["token_embd.weight"][token][None] * np.float32(config.embedding_multiplier)  # (1, d_model)
-    hp = np.array(
-        [config.rms_eps, config.attention_multiplier, config.attn_logit_softcap, config.renormalize_gates], np.float32
-    )
     for i, w in enumerate(layers):
-        decode_layer(
-            x, w, cos[0], sin[0], cos_s[0], sin_s[0], cache.k[i], cache.v[i], slot, idx, sink, hp, config.top_k, min_par
-        )
+        decode_layer(x, w, c, cos[0], sin[0], cos_s[0], sin_s[0], cache.k[i], cache.v[i], slot, idx, sink, min_par)
     embd, norm = params["token_embd.weight"], params["output_norm.weight"]
-    logits = final_logits(
-        x, norm, embd, np.float32(config.rms_eps), config.output_multiplier, min_par
-    )  # (1, vocab_size)
+    logits = final_logits(x, norm, embd, c.rms_eps, config.output_multiplier, min_par)  # (1, vocab_size)
     return logits[0]  # (vocab_size,)

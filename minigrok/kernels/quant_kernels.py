@@ -3,9 +3,12 @@
 ``matmul(x, w)`` computes ``x @ w.T`` reading the weight's quantized bytes directly, as llama.cpp does: each row
 of x is first quantized to int8 per 32-block (the Q8_0 rule, scale kept in float32), the 32 products of a block
 are exact integers, and they are scaled by the weight's and the activation's block scales and summed in float32.
-``dequantize_rows`` turns a few rows of a weight back into float32, for BLAS on big batches.
+``dequantize_rows`` turns a few rows of a weight back into float32, for BLAS on big batches. Both take the same
+arguments as their NumPy twins in minigrok/quant.py (``matmul_reference``, ``dequantize_rows``), and
+``CompiledQuantizedTensor`` is a QuantizedTensor whose products run ``quant.quantized_linear`` with them.
 
-The loops are written in the shape LLVM vectorizes here (../shared/reference/performance.md, measured):
+The loops are written in the shape LLVM vectorizes (measured here with Numba 0.68 on a 2-vCPU AMD EPYC
+with AVX2 and AVX-512, by timing each variant of the loop; benchmarks/README.md has the resulting figures):
 - one long loop over a row of K weights, with the block scale looked up as ``scale[k >> 5]``. A loop over blocks
   with an inner loop of 32 stays scalar and is about 3x slower.
 - each product of two small integers written ``int16(int16(a) * int16(b))``: it fits (|a b| <= 128 * 128), and
@@ -17,7 +20,7 @@ The loops are written in the shape LLVM vectorizes here (../shared/reference/per
 
 Threads: ``q8_0_matmul`` and ``q4_0_matmul`` cut the rows into blocks of at least ``min_weights`` weights and deal
 them to Numba's threads (``prange``); every row is computed the same way in any block, so the result does not
-depend on the threads. ``matmul`` (used between BLAS calls, in prefills and on the NumPy path) stays on one
+depend on the threads. ``matmul`` (used between BLAS calls in prefills, through CompiledQuantizedTensor) stays on one
 thread; the compiled decode step (decode.py) decides for itself.
 
 Safety: the kernels have explicit signatures, so they accept only C-contiguous arrays of the stated dtypes (Numba
@@ -30,7 +33,7 @@ from __future__ import annotations
 import numpy as np
 from numba import float32, int16, int32, njit, prange
 
-from ..quant import Q8_0, QK, QuantizedTensor
+from ..quant import Q8_0, QK, QuantizedTensor, quantized_linear
 
 # Allow reordering and fusing float32 sums (what lets LLVM vectorize them); no "afn"/"arcp", so divisions and
 # roundings are the exact IEEE ones of the NumPy reference, and no "nnan"/"ninf".
@@ -245,3 +248,16 @@ def dequantize_rows(w: QuantizedTensor, r0: int, r1: int, out: np.ndarray) -> np
         raise ValueError("out must be a C-contiguous 2-D float32 array")
     (q8_0_dequantize_rows if w.type == Q8_0 else q4_0_dequantize_rows)(qs, d, r0, r1, out)
     return out[: r1 - r0]
+
+
+class CompiledQuantizedTensor(QuantizedTensor):
+    """A QuantizedTensor (the same arrays, not copied) whose products run in the Numba kernels above:
+    ``quant.quantized_linear`` with :func:`matmul` and :func:`dequantize_rows` instead of the NumPy twins."""
+
+    @classmethod
+    def of(cls, w: QuantizedTensor) -> CompiledQuantizedTensor:
+        """The same weight, with compiled products (shares w's scales and quants)."""
+        return w if isinstance(w, cls) else cls(w.type, w.shape, w.d, w.qs)
+
+    def linear(self, x: np.ndarray) -> np.ndarray:
+        return quantized_linear(x, self, matmul, dequantize_rows)

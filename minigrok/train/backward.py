@@ -15,6 +15,7 @@ import numpy as np
 from ..attention import attend, pattern_mask, sink_query_positions, split_heads
 from ..config import ModelConfig
 from ..layers import SQRT_2_OVER_PI, apply_rope, gelu_tanh, linear, rms_norm, root_mean_square, rope_tables, softmax
+from ..model import layer_params
 from ..moe import route
 
 
@@ -225,12 +226,6 @@ def router_z_loss(router_logits: np.ndarray):
 
 
 # ---- the whole model ----------------------------------------------------------------------------------
-def layer_params(params: dict, i: int) -> dict:
-    """Layer i's tensors by short name: {"attn_q": params["blk.i.attn_q.weight"], ...}."""
-    prefix = f"blk.{i}."
-    return {k[len(prefix) : -len(".weight")]: v for k, v in params.items() if k.startswith(prefix)}
-
-
 def loss_and_grads(
     params: dict,
     config: ModelConfig,

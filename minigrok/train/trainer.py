@@ -34,12 +34,12 @@ from tqdm import tqdm
 
 from ..checkpoint import load_gguf, read_metadata, save_gguf
 from ..config import ModelConfig, get_preset
+from ..dataset import load_meta, load_split
 from ..evaluate import token_nats
 from ..fileio import atomic_write
 from ..model import forward, init_params
 from ..tokenizer import Tokenizer
 from .backward import loss_and_grads
-from .data import load_meta, load_split
 from .optim import AdamW, clip_grad_norm, lr_at
 
 # A run stops once this many steps in a row had non-finite gradients: the weights are not going to recover.

@@ -1,5 +1,8 @@
 """``python -m minigrok bench [--json]``: minigrok's speed next to llama.cpp, a naive NumPy loop and the memory bound.
 
+A script of the repository (benchmarks/bench.py), not part of the package: ``python -m minigrok bench`` loads it
+from here, and it runs each measurement as ``python benchmarks/bench.py --worker SPEC`` in a fresh process.
+
 Models: ``shipped`` (weights/minigrok-shakespeare.gguf, or --model) and ``large``, a random grok model big enough
 that decoding is limited by memory bandwidth (d_model 1024, 8 layers, 16 query / 4 KV heads, 8 experts top-2,
 d_ff 2048, vocab 4096: 428 M parameters, 126 M active per token, 1.7 GB at F32). Types: F32, Q8_0 and Q4_0: the
@@ -7,9 +10,9 @@ model file itself if it has that type, else a conversion made with ``python -m m
 run in its own process, one after the other, all with --threads threads (OpenBLAS and Numba for minigrok,
 n_threads for llama.cpp):
 
-    minigrok        generate's loop: the prompt in one forward through a KV cache, then one token per forward, greedy;
-                    decode steps run in compiled code (minigrok/kernels/decode.py)
-    minigrok-numpy  the same loop with decode steps on the readable NumPy path of model.forward (use_kernel=False)
+    minigrok        generate's loop: the prompt in one forward through a KV cache, then one token per forward, greedy,
+                    through minigrok/engine.py: decode steps in compiled code (minigrok/kernels/decode.py)
+    minigrok-numpy  the same loop on the readable NumPy model.forward throughout (engine.forward(compiled=False))
     llama.cpp       llama-cpp-python on the same GGUF file (skipped if it is not installed)
     naive           no KV cache: each new token recomputes the whole sequence (picoGPT's loop); F32 only
 
@@ -41,6 +44,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from minigrok.shipped import shipped_model
+
 LARGE = dict(
     vocab_size=4096, d_model=1024, n_layers=8, n_heads=16, n_kv_heads=4, head_dim=64, d_ff=2048,
     num_experts=8, top_k=2, context_length=1024,
@@ -48,18 +53,28 @@ LARGE = dict(
 ENGINES = ("minigrok", "minigrok-numpy", "llama.cpp", "naive")
 TYPES = ("f32", "q8_0", "q4_0")
 MODELS = ("shipped", "large")
+SHIPPED = shipped_model()  # the 'shipped' model, unless --model names another
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return value
 
 
 # ---- command line ------------------------------------------------------------------------------------------------
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from .__main__ import DEFAULT_MODEL, positive_int
-
     p.add_argument("--json", action="store_true", help="print the results as JSON instead of Markdown tables")
     p.add_argument("--threads", type=positive_int, default=os.cpu_count() or 1, help="threads for every engine")
     p.add_argument("--models", default=",".join(MODELS), help="comma-separated: shipped, large (default: both)")
     p.add_argument("--types", default=",".join(TYPES), help="comma-separated: f32, q8_0, q4_0 (default: all)")
     p.add_argument("--engines", default=",".join(ENGINES), help=f"comma-separated, of: {', '.join(ENGINES)}")
-    p.add_argument("--model", help=f"the 'shipped' model file (default: {DEFAULT_MODEL})")
+    p.add_argument("--model", help=f"the 'shipped' model file (default: {SHIPPED})")
     p.add_argument("--prompt-tokens", type=positive_int, default=128, help="prompt length (default: 128)")
     p.add_argument("--decode-tokens", type=positive_int, default=64, help="greedy decode steps (default: 64)")
     p.add_argument("--naive-decode-tokens", type=positive_int, default=8, help="decode steps of naive (default: 8)")
@@ -75,17 +90,16 @@ def _choices(text: str, allowed: tuple[str, ...], flag: str) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .__main__ import _model_path
-    from .checkpoint import read_config
+    from minigrok.checkpoint import read_config
 
     models = _choices(args.models, MODELS, "--models")
     types = _choices(args.types, TYPES, "--types")
     engines = _choices(args.engines, ENGINES, "--engines")
     if "shipped" in models:
-        try:
-            shipped = _model_path(args.model)
-        except FileNotFoundError as e:
-            raise FileNotFoundError(f"{e}; or run --models large only") from None
+        shipped = Path(args.model) if args.model else SHIPPED
+        if not shipped.is_file():
+            what = "is a directory, not a GGUF file" if shipped.is_dir() else "not found"
+            raise FileNotFoundError(f"model file {shipped} {what}; name one with --model, or run --models large only")
         read_config(shipped)  # a CheckpointError here names what is wrong, before any worker starts
     if "llama.cpp" in engines and not _has_llama_cpp():
         print(
@@ -93,9 +107,6 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         engines.remove("llama.cpp")
-    if any(t != "f32" for t in types) and not _has_quantize():
-        print("minigrok: no quantize command yet: F32 rows only", file=sys.stderr)
-        types = ["f32"]
 
     with tempfile.TemporaryDirectory(prefix="minigrok-bench-") as tmp:
         workdir = Path(args.workdir or tmp)
@@ -150,14 +161,6 @@ def _has_llama_cpp() -> bool:
     return importlib.util.find_spec("llama_cpp") is not None
 
 
-def _has_quantize() -> bool:
-    import importlib.util
-
-    from .__main__ import COMMANDS
-
-    return "quantize" in COMMANDS and importlib.util.find_spec(COMMANDS["quantize"][0] or "minigrok") is not None
-
-
 def _quantize(src: Path, dst: Path, qtype: str, threads: int) -> None:
     cmd = [sys.executable, "-m", "minigrok", "quantize", str(src), str(dst), "--type", qtype]
     done = subprocess.run(cmd, env=_thread_env(threads), capture_output=True, text=True)
@@ -174,7 +177,7 @@ def _worker(spec: dict, threads: int) -> dict:
     """Run one measurement in a fresh process (its own thread settings and peak memory); its last stdout line is
     the JSON result."""
     spec = {**spec, "launched": time.time()}
-    cmd = [sys.executable, "-m", "minigrok.bench", "--worker", json.dumps(spec)]
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(spec)]
     done = subprocess.run(cmd, env=_thread_env(threads), capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"bench worker {spec['task']} failed: {done.stderr.strip()[-2000:]}")
@@ -201,7 +204,7 @@ def machine(threads: int) -> dict:
     cpu = next((line.split(":", 1)[1].strip() for line in _read("/proc/cpuinfo") if line.startswith("model name")), "")
     mem = next((int(line.split()[1]) * 1024 for line in _read("/proc/meminfo") if line.startswith("MemTotal")), 0)
     flags = next((line.split(":", 1)[1].split() for line in _read("/proc/cpuinfo") if line.startswith("flags")), [])
-    from .llamacpp import configuration
+    from minigrok.llamacpp import configuration
 
     versions = {}
     for name in ("numpy", "numba"):
@@ -289,10 +292,10 @@ def _timed(fn) -> float:
 
 
 def _make_large(path: str) -> dict:
-    from .checkpoint import save_gguf
-    from .config import ModelConfig, grok1_constants
-    from .model import init_params
-    from .tokenizer import Tokenizer
+    from minigrok.checkpoint import save_gguf
+    from minigrok.config import ModelConfig, grok1_constants
+    from minigrok.model import init_params
+    from minigrok.tokenizer import Tokenizer
 
     config = ModelConfig(**LARGE, **grok1_constants(LARGE["d_model"], LARGE["head_dim"]))
     # A byte-level BPE of exactly vocab_size tokens: the 256 bytes, then two-character tokens of letters and digits.
@@ -308,7 +311,7 @@ def _bytes(path: str) -> dict:
     the type of the attention weights ("f32", "f16", "q8_0", "q4_0")."""
     import gguf
 
-    from .checkpoint import read_config
+    from minigrok.checkpoint import read_config
 
     config = read_config(path)
     active, weight_type = 0.0, "f32"
@@ -364,8 +367,8 @@ def _minigrok_engine(spec: dict, max_len: int):
     """(run_prompt, step) for minigrok: run_prompt() -> first token (a fresh KV cache), step(token) -> next token."""
     import numpy as np
 
-    from . import model
-    from .checkpoint import load_gguf
+    from minigrok import engine, model
+    from minigrok.checkpoint import load_gguf
 
     params, config, _ = load_gguf(spec["path"], mmap=True)
     ids = prompt_ids(config.vocab_size, spec["prompt_tokens"])
@@ -374,23 +377,23 @@ def _minigrok_engine(spec: dict, max_len: int):
 
         def run_prompt():
             sequence[:] = ids.tolist()
-            return int(np.argmax(model.forward(params, config, np.array([sequence]))[0, -1]))
+            return int(np.argmax(engine.forward(params, config, np.array([sequence]))[0, -1]))
 
         def step(token):
             sequence.append(token)
-            return int(np.argmax(model.forward(params, config, np.array([sequence]))[0, -1]))
+            return int(np.argmax(engine.forward(params, config, np.array([sequence]))[0, -1]))
 
         return run_prompt, step
 
-    use_kernel = spec["engine"] == "minigrok"  # minigrok-numpy: decode steps on the readable NumPy path
+    compiled = spec["engine"] == "minigrok"  # minigrok-numpy: the readable NumPy model.forward throughout
     state = {}
 
     def run_prompt():
-        state["cache"] = model.init_cache(config, 1, max_len, use_kernel=use_kernel)
-        return int(np.argmax(model.forward(params, config, ids[None], state["cache"])[0, -1]))
+        state["cache"] = model.init_cache(config, 1, max_len)
+        return int(np.argmax(engine.forward(params, config, ids[None], state["cache"], compiled)[0, -1]))
 
     def step(token):
-        return int(np.argmax(model.forward(params, config, np.array([[token]]), state["cache"])[0, -1]))
+        return int(np.argmax(engine.forward(params, config, np.array([[token]]), state["cache"], compiled)[0, -1]))
 
     return run_prompt, step
 
@@ -399,7 +402,7 @@ def _llama_engine(spec: dict, max_len: int):
     """(run_prompt, step) for llama.cpp via llama-cpp-python, on the same file, prompt and threads."""
     import numpy as np
 
-    from .llamacpp import open_llama
+    from minigrok.llamacpp import open_llama
 
     llm = open_llama(  # extra buffer types (weight repacking) off on CPUs with AMX, where they crash
         spec["path"],

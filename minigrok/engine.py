@@ -1,0 +1,61 @@
+"""Which path runs: the readable NumPy model or its compiled twins. The one place that decides.
+
+The readable modules (layers, attention, moe, model, quant) are NumPy only and import nothing from
+minigrok.kernels; the kernels import them and are tied to them by tests. ``generate``, ``eval`` and the bench call
+:func:`forward` here, which runs:
+
+- a decode step (one token of one sequence, with a KV cache): minigrok/kernels/decode.py, one compiled call per
+  layer, when every weight has a kernel form (float32, or Q8_0/Q4_0 projections and experts);
+- everything else (a prefill, an evaluation window, a batch, float64 weights): ``model.forward`` itself, with the
+  Q8_0/Q4_0 weights' products in the Numba kernels (``CompiledQuantizedTensor``) instead of NumPy.
+
+``compiled=False`` runs ``model.forward`` unchanged: the twin the compiled path is tested against
+(tests/test_decode_kernels.py) and the minigrok-numpy row of the bench. Both paths read and write the same KVCache.
+Importing this module loads Numba and the compiled kernels (from Numba's on-disk cache after the first run).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import model
+from .attention import KVCache
+from .config import ModelConfig
+from .kernels import compiling
+from .kernels.decode import decode_step, kernel_weights
+from .kernels.quant_kernels import CompiledQuantizedTensor
+from .quant import QuantizedTensor
+
+
+def compiled_params(params: dict) -> dict:
+    """params with each Q8_0/Q4_0 weight's products in Numba kernels (the same arrays; float weights unchanged)."""
+    return {k: CompiledQuantizedTensor.of(w) if isinstance(w, QuantizedTensor) else w for k, w in params.items()}
+
+
+def forward(
+    params: dict, config: ModelConfig, tokens: np.ndarray, cache: KVCache | None = None, compiled: bool = True
+) -> np.ndarray:
+    """``model.forward(params, config, tokens, cache)``, on the compiled path where there is one (see above).
+
+    Same arguments, result (B, T, vocab_size) float32 and errors as model.forward; the compiled decode step gives
+    the NumPy path's logits to float32 rounding. compiled=False: model.forward on the parameters as given.
+    """
+    if not compiled:
+        return model.forward(params, config, tokens, cache)
+    tokens = np.asarray(tokens)
+    weights = kernel_weights(params, config) if cache is not None and tokens.shape == (1, 1) else None
+    if weights is None:
+        return model.forward(compiled_params(params), config, tokens, cache)
+    model.check_inputs(config, tokens, cache)
+    step = cache.begin(1)  # raises if the token does not fit
+    logits = decode_step(params, config, int(tokens[0, 0]), cache, step, weights)  # (vocab_size,)
+    cache.commit(step)
+    return logits[None, None]  # (1, 1, vocab_size)
+
+
+def warm_up(params: dict, config: ModelConfig) -> None:
+    """One throwaway decode step, so that the compiled kernels are loaded before a clock starts. The first time a
+    weight type runs (per version of the code) its kernels compile, and one line on stderr says so."""
+    kind = getattr(params["blk.0.attn_q.weight"], "type", "f32").upper()  # F32, Q8_0 or Q4_0
+    with compiling(f"the {kind} decode step"):
+        forward(params, config, np.zeros((1, 1), np.int64), model.init_cache(config, 1, 1))
