@@ -65,4 +65,16 @@ def test_an_edit_to_a_helper_in_another_file_reaches_its_cached_caller(tmp_path)
     out, err = run_kernel(tmp_path)
     assert out == "[[-1.0, -1.0, -1.0, -1.0]]"  # the edited helper runs; stale code would still print 8s
     assert "minigrok: compiling" in err
-    assert len(list((tmp_path / "cache").glob("numba-*"))) == 2  # one folder per version of the code
+    assert len(list((tmp_path / "cache" / "minigrok").glob("numba-*"))) == 2  # one folder per version of the code
+
+
+def test_an_unwritable_cache_folder_falls_back_to_a_temporary_one(tmp_path):
+    """Never Numba's default beside the sources (keyed by file, so stale): a temporary folder, named and keyed."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(blocker), "TMPDIR": str(tmp_path)}
+    code = "from minigrok.kernels import CACHE_DIR, source_hash; print(CACHE_DIR); print(source_hash())"
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    cache_dir, digest = proc.stdout.split()
+    assert Path(cache_dir) == tmp_path / f"minigrok-{os.getuid()}" / f"numba-{digest}"
+    assert Path(cache_dir).is_dir()

@@ -1,12 +1,12 @@
 """Numba twins of the hot loops; each has a NumPy reference and a test tying them together.
 
-Importing this package chooses where Numba caches the compiled kernels, before any kernel module is imported.
-Numba keys its on-disk cache by each function's own source file (numba/numba #1833, #9483): a cached kernel that
-calls a jitted function from another file, or reads a constant from a reference module, keeps running the old
-machine code after that other file changes. So the cache lives in a folder named by a hash of the package's
-location, the kernels' files and every module they import (``CACHE_DIR``, under ``$NUMBA_CACHE_DIR`` if set, else
-``$XDG_CACHE_HOME/minigrok`` or ``~/.cache/minigrok``): an edit, a ``git pull`` or a new version compiles afresh,
-an unchanged package loads what it compiled before. Older folders are removed, the most recently used few kept.
+Importing this package chooses where Numba caches the compiled kernels, before any kernel module is imported. Numba
+keys its on-disk cache by each function's own source file (numba/numba #1833, #9483): a cached kernel that calls a
+jitted function from another file, or reads a constant from a reference module, keeps running the old machine code
+after that other file changes. So the cache lives in a folder named by a hash of the package's location, the
+kernels' files and every module they import (``CACHE_DIR``, in ``$NUMBA_CACHE_DIR/minigrok`` if that is set, else
+``$XDG_CACHE_HOME/minigrok`` or ``~/.cache/minigrok``): an edit, a ``git pull`` or a new version compiles afresh, an
+unchanged package loads what it compiled before. Older folders are removed, the most recently used few kept.
 
 Compiling takes a while the first time (~20 s on 2 cores), so it prints one line on stderr saying so: on import
 for a new CACHE_DIR, and in :func:`compiling` for each kind of input compiled for the first time.
@@ -20,6 +20,7 @@ import hashlib
 import os
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import numba
@@ -58,10 +59,11 @@ def source_hash(package: Path = PACKAGE) -> str:
     return digest.hexdigest()[:16]
 
 
-def _cache_root() -> Path:
-    if os.environ.get("NUMBA_CACHE_DIR"):
-        return Path(os.environ["NUMBA_CACHE_DIR"])
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "minigrok"
+def _cache_roots() -> list[Path]:
+    """Where the cache may go, in order: a minigrok folder in $NUMBA_CACHE_DIR or else the user's cache folder;
+    then one in the temporary folder (a read-only home). Never Numba's default beside the sources (keyed by file)."""
+    user = os.environ.get("NUMBA_CACHE_DIR") or os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return [Path(user) / "minigrok", Path(tempfile.gettempdir()) / f"minigrok-{os.getuid()}"]
 
 
 def _prune(root: Path, keep: Path) -> None:
@@ -72,15 +74,24 @@ def _prune(root: Path, keep: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-CACHE_DIR = _cache_root() / f"numba-{source_hash()}"
-_first_run = not CACHE_DIR.is_dir()
-try:
-    CACHE_DIR.mkdir(parents=True, exist_ok=True)
-    os.utime(CACHE_DIR)  # marks it used, for _prune
-    if _first_run:
-        _prune(CACHE_DIR.parent, CACHE_DIR)
-except OSError:  # a read-only home: Numba then compiles in memory, every run (its cache skips unwritable folders)
-    pass
+def _make_cache_dir() -> tuple[Path, bool]:
+    """(the cache folder for this version of the code, whether it is new), created; older folders pruned."""
+    name = f"numba-{source_hash()}"
+    for root in _cache_roots():
+        folder = root / name
+        new = not folder.is_dir()
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            os.utime(folder)  # marks it used, for _prune
+        except OSError:
+            continue
+        if new:
+            _prune(root, folder)
+        return folder, new
+    raise OSError(f"no writable folder for compiled kernels: set NUMBA_CACHE_DIR to one (minigrok/{name} goes in it)")
+
+
+CACHE_DIR, _first_run = _make_cache_dir()
 numba.config.CACHE_DIR = str(CACHE_DIR)  # read when each @njit(cache=True) below this package is decorated
 
 _announced = False
