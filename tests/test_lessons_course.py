@@ -93,8 +93,19 @@ def q4_0_bytes_per_token(c):
     return c.n_layers * (per_layer_q4 + per_layer_f32) + 2 * c.vocab_size * c.d_model + 4 * c.d_model
 """
 
-# notebook -> check's grade_id -> wrong solutions (each replaces the exercise's solution cell)
-WRONG_ANSWERS: dict[str, dict[str, list[str]]] = {
+
+def edit(old: str, new: str):
+    """A wrong answer made from the answer key's solution: its source with old replaced by new."""
+
+    def wrong(solution: str) -> str:
+        assert old in solution, f"{old!r} is not in the solution any more"
+        return solution.replace(old, new)
+
+    return wrong
+
+
+# notebook -> check's grade_id -> wrong solutions: source code, or edit(...) of the answer key's solution cells
+WRONG_ANSWERS: dict[str, dict[str, list]] = {
     "00_overview.ipynb": {
         "ex1-devices-check": [  # rounds down: 4 devices cannot hold 335 GB
             "def devices_needed(config, dtype, device_bytes):\n"
@@ -291,6 +302,23 @@ WRONG_ANSWERS: dict[str, dict[str, list[str]]] = {
             "    return remote_slots * config.d_model * bytes_per_number\n"
         ],
     },
+    "11_backprop_attention_moe.ipynb": {
+        "ex1-softcap-backward-check": [edit("np.tanh(s / cap)", "np.tanh(s)")],  # no 1/cap inside
+        "ex2-softmax-backward-check": [edit("p * (dp - np.sum(dp * p, axis=-1, keepdims=True))", "dp * p")],
+        "ex3-gqa-backward-check": [
+            edit("dv[b, kv] += p.T @ do", "dv[b, kv] = p.T @ do"),  # the last head of a group overwrites dv
+            edit("dk[b, kv] += ds.T @ q[b, :, h]", "dk[b, kv] = ds.T @ q[b, :, h]"),  # ... and dk
+            edit("softcap_backward(dcapped, s, cap)", "dcapped"),  # forgets the soft-cap
+        ],
+        "ex4-router-backward-check": [
+            edit("if renormalize:", "if False:"),  # raw-gate gradient where renormalised gates were used
+            edit("return masked_softmax_backward(dprobs, probs)", "return dprobs"),  # stops before the softmax
+        ],
+        "ex5-loss-grads-check": [
+            edit("(2 * lse / n)", "(lse / n)"),  # the square's factor 2
+            edit("num_experts * f / n", "num_experts * f"),  # P is a mean over N tokens
+        ],
+    },
 }
 
 
@@ -360,6 +388,8 @@ def test_student_checks_fail_until_solved_and_reject_wrong_answers(path):
             if not _errored(run(cell, index)):
                 failures.append(f"{gid} passes in the student edition, unsolved")
             for k, wrong in enumerate(WRONG_ANSWERS.get(path.name, {}).get(gid, [])):
+                if callable(wrong):
+                    wrong = wrong("\n\n".join(solutions))
                 if _errored(run(wrong, index)):
                     failures.append(f"{gid}: wrong answer {k} does not even run")
                 elif not _errored(run(cell, index)):
