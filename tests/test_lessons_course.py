@@ -341,10 +341,15 @@ def test_markup_is_nbgrader_and_every_check_has_a_wrong_answer(path):
         assert has_region == bool(meta.get("solution")) or cell.cell_type == "markdown", (path.name, cell.source[:80])
         if has_region:
             assert cell.source.count("### BEGIN SOLUTION") == cell.source.count("### END SOLUTION")
-        if meta.get("grade"):
+        if meta.get("grade") and cell.cell_type == "code":  # an autograded check
             assert meta["locked"] and meta["points"] > 0 and not meta["solution"], meta
+        if meta.get("grade") and cell.cell_type == "markdown":  # a manually graded answer to a question
+            assert meta["solution"] and meta["points"] > 0 and cell.source.strip(), meta
     graded = checks(nb)
     assert len(graded) >= 2, f"{path.name} has {len(graded)} autograded exercises"
+    questions = [c for c in nb.cells if nbgrader_meta(c).get("grade") and c.cell_type == "markdown"]
+    assert 3 <= len(questions) <= 5, f"{path.name} has {len(questions)} conceptual questions"
+    assert nb.cells[1].source.startswith("**Objectives.**") and "**Study time:**" in nb.cells[1].source
     wrong = WRONG_ANSWERS.get(path.name, {})
     for cell in graded:
         gid = nbgrader_meta(cell)["grade_id"]
@@ -413,6 +418,8 @@ def test_cli_writes_the_student_edition(tmp_path, capsys):
     assert not any("BEGIN SOLUTION" in c.source for c in nb.cells)
     stubs = [c for c in code if nbgrader_meta(c).get("solution")]
     assert stubs and all("raise NotImplementedError()" in c.source for c in stubs)
+    answers = [c for c in nb.cells if c.cell_type == "markdown" and nbgrader_meta(c).get("solution")]
+    assert answers and all(c.source == "YOUR ANSWER HERE" for c in answers)
     assert all(c.source.lstrip().startswith("def ") for c in stubs if c.source.count("def ") == 1)
     assert "wrote the student edition of" in capsys.readouterr().out
 
