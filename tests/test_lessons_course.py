@@ -124,6 +124,13 @@ WRONG_ANSWERS: dict[str, dict[str, list]] = {
         ],
     },
     "01_tokenization.ipynb": {
+        "ex-merge-step-check": [
+            edit("i += 2", "i += 1"),  # overlapping matches: a a a -> [aa] [aa] a
+            edit(
+                "min(counts, key=lambda pair: (-counts[pair], pair))",
+                "max(counts, key=lambda pair: (counts[pair], pair))",
+            ),
+        ],
         "ex1-bpe-encode-check": [
             "def bpe_encode_chunk(chunk, merges):\n"  # merges applied latest first
             "    ids = list(chunk)\n"
