@@ -29,6 +29,7 @@ COMMANDS: dict[str, tuple[str | None, str]] = {
     "eval": ("minigrok.evaluate", "evaluate a model on held-out text"),
     "quantize": ("minigrok.quantize", "convert a model's weights to Q8_0, Q4_0, F16 or F32"),
     "bench": (None, "speed: prefill, decode, first token, memory; vs llama.cpp, naive NumPy, memory bound"),
+    "lessons": ("minigrok.lessons", "write the lessons' student edition: solutions stubbed (needs nbgrader)"),
 }
 
 

@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 
 from minigrok.checkpoint import load_gguf
+from minigrok.config import get_preset
 from minigrok.train.data import prepare
 from minigrok.train.optim import AdamW, clip_grad_norm, lr_at
-from minigrok.train.trainer import TrainConfig, train
+from minigrok.train.trainer import TrainConfig, model_flops_per_token, train
 
 
 def test_lr_schedule_known_values():
@@ -155,3 +156,15 @@ def test_unknown_preset_huge_context_and_existing_run_are_refused(corpus, tmp_pa
     train(tiny_run(corpus, tmp_path / "c", max_steps=1), progress=False)
     with pytest.raises(ValueError, match="--resume"):
         train(tiny_run(corpus, tmp_path / "c", max_steps=1), progress=False)
+
+
+def test_model_flops_per_token_counts_the_tied_unembedding():
+    # grok-mini by hand: 6 FLOPs per active weight, the tied (vocab, d_model) matrix once (as the unembedding: the
+    # lookup does no arithmetic), plus causal attention 6 * n_layers * T * n_heads * head_dim
+    c = get_preset("grok-mini")
+    unembedding = c.vocab_size * c.d_model
+    assert model_flops_per_token(c) == 28_816_896
+    assert model_flops_per_token(c) > 6 * unembedding  # the unembedding alone is 6.3 MFLOP of it
+    assert model_flops_per_token(c) == 6 * c.n_active_params() + 6 * c.n_layers * c.context_length * c.n_heads * (
+        c.head_dim
+    )

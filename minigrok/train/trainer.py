@@ -126,10 +126,11 @@ class TrainConfig:
 
 
 def model_flops_per_token(config: ModelConfig) -> float:
-    """Training FLOPs per token: 6 per active weight (forward 2, backward 4; Kaplan et al. 2020), minus the
-    embedding lookup (no multiply), plus causal attention scores and weighted sums: 6·n_layers·T·n_heads·hd
-    (half of the 12·L·T·d of PaLM's appendix B, because the causal mask halves the work)."""
-    active = config.n_active_params() - config.vocab_size * config.d_model  # the lookup is free; unembedding counts
+    """Training FLOPs per token: 6 per active weight (forward 2, backward 4; Kaplan et al. 2020), plus causal
+    attention scores and weighted sums: 6·n_layers·T·n_heads·hd (half of the 12·L·T·d of PaLM's appendix B, because
+    the causal mask halves the work). The tied (vocab_size, d_model) matrix is in n_active_params() once, which is
+    right: the embedding lookup does no arithmetic and the unembedding is a full matmul."""
+    active = config.n_active_params()  # the tied matrix once: as the unembedding
     attn = 6 * config.n_layers * config.context_length * config.n_heads * config.head_dim
     return 6.0 * active + attn
 

@@ -1,0 +1,446 @@
+"""The lessons as a course: nbgrader markup, the student edition, and exercise checks that reject wrong answers.
+
+The solved notebooks (the answer key) run under nbmake like any test. Here each notebook's student edition
+(``minigrok.lessons.student_notebook``: nbgrader's ClearSolutions and ClearOutput) is executed once, top to bottom,
+in one kernel. At every autograded check cell we assert that the check fails with the stub, then with each wrong
+answer listed in WRONG_ANSWERS, and finally passes once the answer key's solution cells are run, so the rest of the
+notebook continues from a solved state. A check that a wrong answer passes is a defect, so every check must have at
+least one wrong answer here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+from minigrok import __main__ as cli
+from minigrok.lessons import student_notebook
+
+LESSONS = Path(__file__).resolve().parent.parent / "lessons"
+NOTEBOOKS = sorted(LESSONS.glob("*.ipynb"))
+
+GQA = """\
+def gqa_attention(q, k, v, multiplier, cap, window=None):
+    T, n_heads, _ = q.shape
+    group = n_heads // k.shape[0]
+    i, j = np.arange(T)[:, None], np.arange(T)[None, :]
+    visible = (j <= i) if window is None else (j <= i) & (i - j < window)
+    out = np.empty_like(q)
+    for h in range(n_heads):
+        scores = (q[:, h] @ k[h // group].T) * multiplier
+        scores = cap * np.tanh(scores / cap)
+        scores = np.where(visible, scores, -np.inf)
+        probs = np.exp(scores - scores.max(-1, keepdims=True))
+        out[:, h] = (probs / probs.sum(-1, keepdims=True)) @ v[h // group]
+    return out
+"""
+
+ROUTER = """\
+def route_by_hand(x, w_router, top_k, renormalize):
+    logits = x @ w_router.T
+    p = np.exp(logits - logits.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    ids = np.argsort(-p, axis=-1, kind="stable")[:, :top_k]
+    g = np.take_along_axis(p, ids, axis=-1)
+    if renormalize:
+        g = g / g.sum(-1, keepdims=True)
+    return ids, g, p
+"""
+
+FILTERS = """\
+def top_k_by_hand(p, k):
+    if k <= 0 or k >= len(p):
+        return p / p.sum()
+    keep = np.argsort(-p, kind="stable")[:k]
+    out = np.zeros_like(p)
+    out[keep] = p[keep]
+    return out / out.sum()
+
+
+def top_p_by_hand(p, top_p):
+    order = np.argsort(-p, kind="stable")
+    mass_before = np.cumsum(p[order]) - p[order]
+    kept = mass_before < top_p
+    kept[0] = True
+    keep = order[kept]
+    out = np.zeros_like(p)
+    out[keep] = p[keep]
+    return out / out.sum()
+"""
+
+Q4_QUANTIZER = """\
+def quantize_q4_0_rows(w):
+    blocks = w.reshape(-1, 32)
+    m = np.take_along_axis(blocks, np.argmax(np.abs(blocks), axis=1)[:, None], axis=1)
+    d = m / np.float32(-8)
+    with np.errstate(divide="ignore"):
+        inv_d = np.where(d == 0, np.float32(0), np.float32(1) / d)
+    q = np.minimum(15, np.trunc(blocks * inv_d + np.float32(8.5))).astype(np.uint8)
+    packed = q[:, :16] | (q[:, 16:] << 4)
+    out = np.concatenate([d.astype("<f2").view(np.uint8), packed], axis=1)
+    return out.reshape(w.shape[0], -1)
+"""
+
+Q4_BYTES = """\
+def q4_0_bytes_per_token(c):
+    attn = c.n_heads * c.head_dim * c.d_model * 2 + c.n_kv_heads * c.head_dim * c.d_model * 2
+    experts = c.top_k * 3 * c.d_ff * c.d_model
+    per_layer_q4 = (attn + experts) * 18 / 32
+    per_layer_f32 = 4 * (c.num_experts * c.d_model + 4 * c.d_model)
+    return c.n_layers * (per_layer_q4 + per_layer_f32) + 2 * c.vocab_size * c.d_model + 4 * c.d_model
+"""
+
+
+def edit(old: str, new: str):
+    """A wrong answer made from the answer key's solution: its source with old replaced by new."""
+
+    def wrong(solution: str) -> str:
+        assert old in solution, f"{old!r} is not in the solution any more"
+        return solution.replace(old, new)
+
+    return wrong
+
+
+# notebook -> check's grade_id -> wrong solutions: source code, or edit(...) of the answer key's solution cells
+WRONG_ANSWERS: dict[str, dict[str, list]] = {
+    "00_overview.ipynb": {
+        "ex1-devices-check": [  # rounds down: 4 devices cannot hold 335 GB
+            "def devices_needed(config, dtype, device_bytes):\n"
+            "    return int(weight_bytes(config, dtype)[0] // device_bytes)\n"
+        ],
+        "ex2-kv-cache-check": [  # every query head cached: plain multi-head attention
+            "def kv_bytes_per_token(config, bytes_per_number):\n"
+            "    return 2 * config.n_layers * config.n_heads * config.head_dim * bytes_per_number\n",
+            "def kv_bytes_per_token(config, bytes_per_number):\n"  # K only
+            "    return config.n_layers * config.n_kv_heads * config.head_dim * bytes_per_number\n",
+        ],
+        "ex3-active-check": [  # top_k of the experts idle instead of num_experts - top_k
+            "def active_fraction(config):\n"
+            "    parts = count_by_hand(config)\n"
+            "    return 1 - parts['experts'] * config.top_k / config.num_experts / sum(parts.values())\n"
+        ],
+    },
+    "01_tokenization.ipynb": {
+        "ex-merge-step-check": [
+            edit("i += 2", "i += 1"),  # overlapping matches: a a a -> [aa] [aa] a
+            edit(
+                "min(counts, key=lambda pair: (-counts[pair], pair))",
+                "max(counts, key=lambda pair: (counts[pair], pair))",
+            ),
+        ],
+        "ex1-bpe-encode-check": [
+            "def bpe_encode_chunk(chunk, merges):\n"  # merges applied latest first
+            "    ids = list(chunk)\n"
+            "    for i in reversed(range(len(merges))):\n"
+            "        ids = merge_pair(ids, merges[i], 256 + i)\n"
+            "    return ids\n",
+            "def bpe_encode_chunk(chunk, merges):\n"  # only the first merge
+            "    return merge_pair(list(chunk), merges[0], 256)\n",
+        ],
+        "ex2-n-merges-check": ["def n_merges_for(vocab_size):\n    return vocab_size - 256\n"],  # forgets the EOT
+        "ex3-held-back-check": [
+            "def held_back(tokenizer, text):\n    return 2\n",  # the count of the example only
+            "def held_back(tokenizer, text):\n    return sum(ord(ch) > 127 for ch in text)\n",  # non-ASCII chars
+        ],
+    },
+    "02_embeddings_norm_rope.ipynb": {
+        "ex1-knee-check": ["def knee(eps):\n    return eps\n", "def knee(eps):\n    return 1 / np.sqrt(2)\n"],
+        "ex2-rope-sequence-check": [
+            "def rope_one_head(x, theta):\n"  # positions 1..T: off by one
+            "    out = np.stack([rope_by_hand(row, t + 1) for t, row in enumerate(x)])\n"
+            "    return out\n",
+            "def rope_one_head(x, theta):\n"  # neighbouring pairs instead of rotate-half
+            "    return np.stack([rope_interleaved_wrong(row, t) for t, row in enumerate(x)])\n"
+            "def rope_interleaved_wrong(x, pos):\n"
+            "    out = x.copy()\n"
+            "    for i in range(len(x) // 2):\n"
+            "        a = pos * theta ** (-2 * i / len(x))\n"
+            "        out[2 * i] = np.cos(a) * x[2 * i] - np.sin(a) * x[2 * i + 1]\n"
+            "        out[2 * i + 1] = np.sin(a) * x[2 * i] + np.cos(a) * x[2 * i + 1]\n"
+            "    return out\n",
+        ],
+        "ex3-rope-interleaved-check": [
+            "def rope_interleaved(x, pos):\n    return rope_by_hand(x, pos)\n",  # rotate-half again
+            "def rope_interleaved(x, pos):\n"  # neighbouring pairs, but the angle of pair 2i
+            "    out = np.empty_like(x)\n"
+            "    for i in range(len(x) // 2):\n"
+            "        a = pos * theta ** (-4 * i / len(x))\n"
+            "        out[2 * i] = np.cos(a) * x[2 * i] - np.sin(a) * x[2 * i + 1]\n"
+            "        out[2 * i + 1] = np.sin(a) * x[2 * i] + np.cos(a) * x[2 * i + 1]\n"
+            "    return out\n",
+        ],
+    },
+    "03_attention.ipynb": {
+        "ex1-largest-ratio-check": ["def largest_ratio(cap):\n    return np.exp(cap)\n"],
+        "ex2-kv-head-check": ["def kv_head_of(h, n_heads, n_kv_heads):\n    return h % n_kv_heads\n"],
+        "ex3-cache-size-check": [
+            "def cache_nbytes(config, batch_size, max_len):\n"  # every query head cached
+            "    return 2 * config.n_layers * batch_size * config.n_heads * max_len * config.head_dim * 4\n"
+        ],
+        "ex4-gqa-attention-check": [
+            GQA.replace("scores = cap * np.tanh(scores / cap)", "pass  # no soft-cap"),
+            GQA.replace("k[h // group]", "k[h % k.shape[0]]").replace("v[h // group]", "v[h % k.shape[0]]"),
+            GQA.replace("i - j < window", "i - j <= window"),  # window + 1 keys (the Mistral paper's code)
+        ],
+    },
+    "04_sparse_attention.ipynb": {
+        "ex1-keys-seen-check": [
+            "def keys_seen(i, W, S=0):\n    return np.minimum(i + 1, S + W + 1)\n",  # the Mistral paper's W + 1
+            "def keys_seen(i, W, S=0):\n    return np.minimum(i + 1, W) + S\n",  # sinks counted before they exist
+        ],
+        "ex2-slot-map-check": [
+            "def slot_of(p, S, W):\n    return p % (S + W)\n",  # the sinks get overwritten
+            "def slot_of(p, S, W):\n    return p if p < S else S + (p - S - 1) % W\n",  # off by one
+        ],
+        "ex3-measurement-check": [
+            "def penalty(results, a, b):\n"  # the whole text, not past the context
+            "    return results[a]['nats_per_char'] - results[b]['nats_per_char']\n"
+            "def cache_ratio(spec, n_tokens):\n"
+            "    return kv_cache_size(parse_attention(spec)) / n_tokens\n",
+            "def penalty(results, a, b):\n"
+            "    return results[a]['nats_per_char_past_context'] - results[b]['nats_per_char_past_context']\n"
+            "def cache_ratio(spec, n_tokens):\n"  # one slot too many
+            "    return (kv_cache_size(parse_attention(spec)) + 1) / n_tokens\n",
+        ],
+    },
+    "05_mixture_of_experts.ipynb": {
+        "ex1-router-check": [
+            ROUTER.replace(
+                'np.argsort(-p, axis=-1, kind="stable")[:, :top_k]',
+                "np.argsort(p, axis=-1, kind='stable')[:, ::-1][:, :top_k]",
+            ),  # ties to the highest id
+            ROUTER.replace("if renormalize:", "if not renormalize:"),  # renormalised where raw gates were asked
+            ROUTER.replace("    if renormalize:\n        g = g / g.sum(-1, keepdims=True)\n", ""),  # always raw
+        ],
+        "ex2-moe-cost-check": [
+            "def moe_cost(config):\n"  # every expert's FLOPs
+            "    return config.top_k / config.num_experts, 2 * config.num_experts * 3 * config.d_ff * config.d_model\n"
+        ],
+        "ex3-balanced-check": [
+            "def balanced_router(N, E):\n"  # uniform probabilities: any routing scores 2
+            "    ids = np.stack([np.arange(N) % E, (np.arange(N) + 1) % E], axis=1)\n"
+            "    return np.full((N, E), 1 / E, np.float32), ids\n",
+            "def balanced_router(N, E):\n"  # confident, but every token picks experts 0 and 1
+            "    p = np.full((N, E), 0.1 / (E - 2), np.float32)\n"
+            "    p[:, 0], p[:, 1] = 0.6, 0.3\n"
+            "    return p, np.tile([0, 1], (N, 1))\n",
+        ],
+        "ex4-z-loss-check": [
+            "def z_loss_minimiser(E):\n    return np.zeros(E, np.float32)\n",
+            "def z_loss_minimiser(E):\n    return np.full(E, np.log(E), np.float32)\n",
+        ],
+    },
+    "06_block_and_generation.ipynb": {
+        "ex1-filters-check": [
+            FILTERS.replace("    kept[0] = True\n", ""),  # top_p = 0 keeps nothing: 0 / 0
+            FILTERS.replace('np.argsort(-p, kind="stable")[:k]', 'np.argsort(p, kind="stable")[::-1][:k]'),  # ties
+            FILTERS.replace("if k <= 0 or k >= len(p):", "if k >= len(p):"),  # k = 0 is 'off', not 'nothing'
+        ],
+        "ex2-distribution-check": [
+            "def sampling_distribution(logits, temperature, top_k=0, top_p=1.0):\n"  # top-p before top-k
+            "    p = sampling.softmax_with_temperature(logits, temperature)\n"
+            "    return top_k_by_hand(top_p_by_hand(p, top_p), top_k)\n",
+            "def sampling_distribution(logits, temperature, top_k=0, top_p=1.0):\n"  # logits times T, not over T
+            "    p = sampling.softmax_with_temperature(logits * temperature, 1.0)\n"
+            "    return top_p_by_hand(top_k_by_hand(p, top_k), top_p)\n",
+        ],
+        "ex3-recompute-check": [
+            "def greedy_by_recompute(params, config, ids, n, vocab_size):\n"  # only the last token as context
+            "    ids, new = list(ids), []\n"
+            "    for _ in range(n):\n"
+            "        new.append(int(np.argmax(forward(params, config, np.array([ids[-1:]]))[0, -1, :vocab_size])))\n"
+            "        ids.append(new[-1])\n"
+            "    return new\n"
+        ],
+    },
+    "07_training.ipynb": {
+        "ex1-softcap-grad-check": ["def softcap_grad(s, cap):\n    return 1 - np.tanh(s) ** 2\n"],  # no 1/cap inside
+        "ex2-adamw-check": ["def adamw_first_step(g, lr):\n    return lr * g\n"],  # plain SGD
+    },
+    "08_quantization.ipynb": {
+        "ex1-unpack-q4-check": [
+            "def dequantize_q4_0_block(block):\n"  # neighbouring nibbles: the wrong order
+            "    d = block[:2].view('<f2').astype(np.float32)[0]\n"
+            "    nibbles = np.stack([block[2:] & 0x0F, block[2:] >> 4], axis=1).ravel()\n"
+            "    return (nibbles.astype(np.float32) - 8) * d\n",
+            "def dequantize_q4_0_block(block):\n"  # forgets the offset of 8
+            "    d = block[:2].view('<f2').astype(np.float32)[0]\n"
+            "    return np.concatenate([block[2:] & 0x0F, block[2:] >> 4]).astype(np.float32) * d\n",
+        ],
+        "ex2-quantize-q4-check": [
+            Q4_QUANTIZER.replace("q[:, :16] | (q[:, 16:] << 4)", "q[:, 0::2] | (q[:, 1::2] << 4)"),  # nibble order
+            Q4_QUANTIZER.replace(  # the magnitude instead of the signed value: a positive m gets the wrong sign
+                "np.take_along_axis(blocks, np.argmax(np.abs(blocks), axis=1)[:, None], axis=1)",
+                "np.max(np.abs(blocks), axis=1, keepdims=True)",
+            ),
+            Q4_QUANTIZER.replace("np.float32(8.5)", "np.float32(8)"),  # truncates instead of rounding
+        ],
+    },
+    "09_speed.ipynb": {
+        "ex1-q4-bytes-check": [
+            Q4_BYTES.replace("+ 2 * c.vocab_size * c.d_model ", ""),  # forgets the tied unembedding
+            Q4_BYTES.replace("c.top_k * 3", "c.num_experts * 3"),  # reads every expert
+            Q4_BYTES.replace("* 18 / 32", "* 34 / 32"),  # Q8_0's block size
+        ],
+        "ex2-share-check": [
+            "def share_of_bound(tokens_per_s, bandwidth, bytes_per_token):\n"  # inverted
+            "    return (bandwidth / bytes_per_token) / tokens_per_s\n"
+        ],
+    },
+    "10_scale.ipynb": {
+        "ex1-device-share-check": [
+            "def expert_params_per_device(config, n_devices):\n"  # one expert a device, whatever n_devices
+            "    return config.n_layers * 3 * config.d_ff * config.d_model\n",
+            "def expert_params_per_device(config, n_devices):\n"  # one layer only
+            "    return config.num_experts // n_devices * 3 * config.d_ff * config.d_model\n",
+        ],
+        "ex2-routing-counts-check": [
+            "def routing_counts(expert_ids, n_devices, num_experts):\n"  # experts dealt round-robin
+            "    send = np.zeros((n_devices, n_devices), int)\n"
+            "    for src in range(n_devices):\n"
+            "        send[src] = np.bincount((expert_ids[src] % n_devices).ravel(), minlength=n_devices)\n"
+            "    return send\n"
+        ],
+        "ex3-bytes-moved-check": [
+            "def bytes_moved(config, remote_slots, bytes_per_number=2):\n"  # dispatch only, no combine
+            "    return remote_slots * config.d_model * bytes_per_number\n"
+        ],
+    },
+    "11_backprop_attention_moe.ipynb": {
+        "ex1-softcap-backward-check": [edit("np.tanh(s / cap)", "np.tanh(s)")],  # no 1/cap inside
+        "ex2-softmax-backward-check": [edit("p * (dp - np.sum(dp * p, axis=-1, keepdims=True))", "dp * p")],
+        "ex3-gqa-backward-check": [
+            edit("dv[b, kv] += p.T @ do", "dv[b, kv] = p.T @ do"),  # the last head of a group overwrites dv
+            edit("dk[b, kv] += ds.T @ q[b, :, h]", "dk[b, kv] = ds.T @ q[b, :, h]"),  # ... and dk
+            edit("softcap_backward(dcapped, s, cap)", "dcapped"),  # forgets the soft-cap
+        ],
+        "ex4-router-backward-check": [
+            edit("if renormalize:", "if False:"),  # raw-gate gradient where renormalised gates were used
+            edit("return masked_softmax_backward(dprobs, probs)", "return dprobs"),  # stops before the softmax
+        ],
+        "ex5-loss-grads-check": [
+            edit("(2 * lse / n)", "(lse / n)"),  # the square's factor 2
+            edit("num_experts * f / n", "num_experts * f"),  # P is a mean over N tokens
+        ],
+    },
+}
+
+
+def nbgrader_meta(cell) -> dict:
+    return cell.metadata.get("nbgrader", {})
+
+
+def checks(nb) -> list:
+    return [c for c in nb.cells if nbgrader_meta(c).get("grade") and c.cell_type == "code"]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_markup_is_nbgrader_and_every_check_has_a_wrong_answer(path):
+    nb = nbformat.read(path, as_version=4)
+    ids = [nbgrader_meta(c)["grade_id"] for c in nb.cells if nbgrader_meta(c)]
+    assert len(ids) == len(set(ids)), f"duplicate grade_id in {path.name}"
+    for cell in nb.cells:
+        meta = nbgrader_meta(cell)
+        has_region = "### BEGIN SOLUTION" in cell.source
+        assert has_region == bool(meta.get("solution")) or cell.cell_type == "markdown", (path.name, cell.source[:80])
+        if has_region:
+            assert cell.source.count("### BEGIN SOLUTION") == cell.source.count("### END SOLUTION")
+        if meta.get("grade") and cell.cell_type == "code":  # an autograded check
+            assert meta["locked"] and meta["points"] > 0 and not meta["solution"], meta
+        if meta.get("grade") and cell.cell_type == "markdown":  # a manually graded answer to a question
+            assert meta["solution"] and meta["points"] > 0 and cell.source.strip(), meta
+    graded = checks(nb)
+    assert len(graded) >= 2, f"{path.name} has {len(graded)} autograded exercises"
+    questions = [c for c in nb.cells if nbgrader_meta(c).get("grade") and c.cell_type == "markdown"]
+    assert 3 <= len(questions) <= 5, f"{path.name} has {len(questions)} conceptual questions"
+    assert nb.cells[1].source.startswith("**Objectives.**") and "**Study time:**" in nb.cells[1].source
+    wrong = WRONG_ANSWERS.get(path.name, {})
+    for cell in graded:
+        gid = nbgrader_meta(cell)["grade_id"]
+        assert wrong.get(gid), f"{path.name}: no wrong answer tests the check {gid}"
+    assert set(wrong) <= {nbgrader_meta(c)["grade_id"] for c in graded}, "WRONG_ANSWERS names an unknown check"
+
+
+def _errored(cell) -> bool:
+    return any(o.output_type == "error" for o in cell.outputs)
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_student_checks_fail_until_solved_and_reject_wrong_answers(path):
+    solved = nbformat.read(path, as_version=4)
+    student = student_notebook(solved)
+    assert len(student.cells) == len(solved.cells)
+    client = NotebookClient(
+        student, timeout=600, kernel_name="python3", allow_errors=True, resources={"metadata": {"path": str(LESSONS)}}
+    )
+    failures = []
+    n_checks = 0
+
+    def run(source_or_cell, index):
+        cell = source_or_cell if not isinstance(source_or_cell, str) else nbformat.v4.new_code_cell(source_or_cell)
+        return client.execute_cell(cell, index)
+
+    with client.setup_kernel():
+        solutions = []  # the answer key's solution cells since the last check
+        for index, cell in enumerate(student.cells):
+            if cell.cell_type != "code":
+                continue
+            meta = nbgrader_meta(cell)
+            if not meta.get("grade"):
+                run(cell, index)
+                if meta.get("solution"):
+                    assert "NotImplementedError" in cell.source and "BEGIN SOLUTION" not in cell.source
+                    solutions.append(solved.cells[index].source)
+                continue
+            gid = meta["grade_id"]
+            n_checks += 1
+            if not _errored(run(cell, index)):
+                failures.append(f"{gid} passes in the student edition, unsolved")
+            for k, wrong in enumerate(WRONG_ANSWERS.get(path.name, {}).get(gid, [])):
+                if callable(wrong):
+                    wrong = wrong("\n\n".join(solutions))
+                if _errored(run(wrong, index)):
+                    failures.append(f"{gid}: wrong answer {k} does not even run")
+                elif not _errored(run(cell, index)):
+                    failures.append(f"{gid} passes with wrong answer {k}")
+            for source in solutions:
+                assert not _errored(run(source, index)), f"{gid}: the answer key's solution raised"
+            result = run(cell, index)
+            assert not _errored(result), f"{gid} fails with the answer key's solution: {result.outputs}"
+            solutions = []
+    assert n_checks >= 2
+    assert not failures, failures
+
+
+def test_cli_writes_the_student_edition(tmp_path, capsys):
+    dest = tmp_path / "student"
+    assert cli.main(["lessons", "--student", str(dest)]) == 0
+    assert sorted(p.name for p in dest.glob("*.ipynb")) == [p.name for p in NOTEBOOKS]
+    nb = nbformat.read(dest / "03_attention.ipynb", as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert all(c.outputs == [] and c.execution_count is None for c in code)
+    assert not any("BEGIN SOLUTION" in c.source for c in nb.cells)
+    stubs = [c for c in code if nbgrader_meta(c).get("solution")]
+    assert stubs and all("raise NotImplementedError()" in c.source for c in stubs)
+    answers = [c for c in nb.cells if c.cell_type == "markdown" and nbgrader_meta(c).get("solution")]
+    assert answers and all(c.source == "YOUR ANSWER HERE" for c in answers)
+    assert all(c.source.lstrip().startswith("def ") for c in stubs if c.source.count("def ") == 1)
+    assert "wrote the student edition of" in capsys.readouterr().out
+
+
+def test_cli_without_nbgrader_says_how_to_install(tmp_path, capsys, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "nbgrader.preprocessors", None)  # makes the import raise ImportError
+    assert cli.main(["lessons", "--student", str(tmp_path / "s")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("minigrok: error:") and 'pip install "minigrok[course]"' in err
+    assert not (tmp_path / "s").exists()
+
+
+def test_cli_refuses_to_overwrite_the_answer_key(capsys):
+    assert cli.main(["lessons", "--student", str(LESSONS)]) != 0
+    assert "answer key" in capsys.readouterr().err
