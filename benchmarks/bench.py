@@ -37,6 +37,7 @@ import os
 import platform
 import resource
 import shlex
+import signal
 import statistics
 import subprocess
 import sys
@@ -53,6 +54,7 @@ LARGE = dict(
 ENGINES = ("minigrok", "minigrok-numpy", "llama.cpp", "naive")
 TYPES = ("f32", "q8_0", "q4_0")
 MODELS = ("shipped", "large")
+WARM_UP = 2  # untimed decode steps: the first one of a process compiles or loads the decode-path kernels
 SHIPPED = shipped_model()  # the 'shipped' model, unless --model names another
 
 
@@ -100,7 +102,18 @@ def run(args: argparse.Namespace) -> int:
         if not shipped.is_file():
             what = "is a directory, not a GGUF file" if shipped.is_dir() else "not found"
             raise FileNotFoundError(f"model file {shipped} {what}; name one with --model, or run --models large only")
-        read_config(shipped)  # a CheckpointError here names what is wrong, before any worker starts
+        context = {"shipped": read_config(shipped).context_length}  # a CheckpointError names what is wrong
+    else:
+        context = {}
+    context["large"] = LARGE["context_length"]
+    tokens = args.prompt_tokens + WARM_UP + max(args.decode_tokens, args.naive_decode_tokens)
+    for model in models:  # refused before any worker starts: a prompt past the context would run for minutes
+        if tokens > context[model]:
+            raise ValueError(
+                f"--prompt-tokens {args.prompt_tokens}, {WARM_UP} warm-up steps and up to "
+                f"{max(args.decode_tokens, args.naive_decode_tokens)} decode steps make {tokens} tokens, more than "
+                f"the {model} model's context of {context[model]}; ask for fewer"
+            )
     if "llama.cpp" in engines and not _has_llama_cpp():
         print(
             "minigrok: llama-cpp-python is not installed: no llama.cpp rows (pip install llama-cpp-python)",
@@ -108,6 +121,8 @@ def run(args: argparse.Namespace) -> int:
         )
         engines.remove("llama.cpp")
 
+    # SIGTERM ends the bench as Ctrl-C does: subprocess.run then kills the running worker instead of orphaning it
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     with tempfile.TemporaryDirectory(prefix="minigrok-bench-") as tmp:
         workdir = Path(args.workdir or tmp)
         workdir.mkdir(parents=True, exist_ok=True)
@@ -237,11 +252,13 @@ def _read(path: str) -> list[str]:
 def markdown(report: dict) -> str:
     m, bw = report["machine"], report["bandwidth"]
     fmt = lambda x, spec: "-" if x is None else format(x, spec)  # noqa: E731
+    llama = "llama-cpp-python not installed"
+    if m["llama_cpp_python"]:
+        repack = f"{'on' if m['extra_bufts'] else 'off'}: {m['extra_bufts_why']}"
+        llama = f"llama-cpp-python {m['llama_cpp_python']} (extra buffer types, i.e. weight repacking, {repack})"
     lines = [
         f"Machine: {m['cpu']}, {m['cores']} cores ({', '.join(m['simd'])}), {m['ram_gb']} GB RAM; "
-        f"{m['threads']} threads; Python {m['python']}, NumPy {m['numpy']}, Numba {m['numba']}, "
-        f"llama-cpp-python {m['llama_cpp_python']} (extra buffer types, i.e. weight repacking, "
-        f"{'on' if m['extra_bufts'] else 'off'}: {m['extra_bufts_why']}); {m['date']}.",
+        f"{m['threads']} threads; Python {m['python']}, NumPy {m['numpy']}, Numba {m['numba']}, {llama}; {m['date']}.",
         f"Command: `{report['command']}`",
         f"Memory bandwidth: {bw['bandwidth_gb_s']:.1f} GB/s (NumPy sum, 1 thread: {bw['sum_gb_s']:.1f} GB/s; "
         f"matrix-vector, {m['threads']} threads: {bw['matvec_gb_s']:.1f} GB/s).",
@@ -327,15 +344,14 @@ def _engine(spec: dict) -> dict:
     import numpy as np
 
     engine, n_prompt, n_decode = spec["engine"], spec["prompt_tokens"], spec["decode_tokens"]
-    warm_up = 2  # untimed decode steps: the first one of a process compiles or loads the decode-path kernels
     run_prompt, step = (_llama_engine if engine == "llama.cpp" else _minigrok_engine)(
-        spec, n_prompt + warm_up + n_decode
+        spec, n_prompt + WARM_UP + n_decode
     )
     start = time.perf_counter()
     token = run_prompt()
     ttft = time.perf_counter() - start
     first_token_at = time.time()
-    for _ in range(warm_up):
+    for _ in range(WARM_UP):
         token = step(token)
     tokens = []
     start = time.perf_counter()

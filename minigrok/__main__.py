@@ -94,7 +94,7 @@ def _read_prompt_file(path: str) -> str:
     """The prompt in a UTF-8 text file, or a one-line error naming the file and the fix."""
     p = Path(path)
     if not p.is_file():
-        raise FileNotFoundError(f"prompt file {path} not found" + (" (it is a directory)" if p.is_dir() else ""))
+        raise FileNotFoundError(f"prompt file {path} " + ("is a directory, not a file" if p.is_dir() else "not found"))
     try:
         return p.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:

@@ -91,3 +91,13 @@ def test_a_bad_model_file_is_refused_before_any_worker_runs(tmp_path, capsys):
         assert cli.main(["bench", "--models", "shipped", "--model", str(path), "--engines", "minigrok"]) == 1
         err = capsys.readouterr().err
         assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_prompt_past_the_context_is_refused_before_any_worker_runs(tiny_path, capsys):
+    context = TINY.context_length
+    args = ["bench", "--models", "shipped", "--model", str(tiny_path), "--engines", "minigrok"]
+    assert cli.main([*args, "--prompt-tokens", str(context), "--decode-tokens", "1"]) == 1
+    err = capsys.readouterr().err
+    assert f"context of {context}" in err and len(err.strip().splitlines()) == 1
+    assert cli.main(["bench", "--models", "large", "--prompt-tokens", "1000", "--decode-tokens", "30"]) == 1
+    assert "large model's context of 1024" in capsys.readouterr().err

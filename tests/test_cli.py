@@ -128,6 +128,9 @@ def test_cli_prompt_file_is_used_as_is(model_path, tmp_path):
     proc = run("generate", "-m", str(model_path), "--prompt-file", str(prompt), "-t", "0", "-n", "3")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("ROMEO:\n")
+    refused = run("generate", "-m", str(model_path), "--prompt-file", str(tmp_path))  # a folder, not a file
+    assert refused.returncode == 1
+    assert refused.stderr.strip().endswith(f"prompt file {tmp_path} is a directory, not a file")
 
 
 def test_cli_info_preset_grok1():
