@@ -148,6 +148,9 @@ def test_a_signal_writes_a_checkpoint_and_resume_continues_exactly(corpus, tmp_p
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # SIGINT at its default in the child, whatever this process inherited: a shell's background job, or
+        # GNU time, starts with it ignored, and the trainer rightly leaves an ignored signal alone
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and sum(1 for e in _entries(out) if "loss" in e) < 3:
