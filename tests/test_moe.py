@@ -164,3 +164,30 @@ def test_expert_ffn_matches_the_written_out_geglu():
     y = expert_ffn(x, gate[0], up[0], down[0])
     assert y.shape == (5, D_MODEL) and y.dtype == np.float32
     np.testing.assert_allclose(y, dense_ffn64(x, gate[0], up[0], down[0]), rtol=1e-5, atol=1e-5)
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(1, 10), st.integers(0, 2**32 - 1), st.booleans())
+def test_one_expert_top_1_is_exactly_a_dense_geglu_ffn(n_tokens, seed, renormalize):
+    """The dense runs of benchmarks/moe_vs_dense.md (num_experts=1, top_k=1): the softmax over one router logit is
+    exactly 1, so the gate is 1 and the layer is the plain GeGLU FFN, bit for bit, whatever the router weights;
+    in the reference moe() and in the training forward. The load-balancing loss is the constant 1 (its gradient
+    reaches no logit: the softmax of one logit does not move), so only the z-loss touches the router weights."""
+    from minigrok.train.backward import load_balancing_loss, moe_forward, softmax_backward
+
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n_tokens, D_MODEL)).astype(np.float32)
+    router, gate, up, down = moe_weights(rng, 1)
+    router *= 10.0  # large router logits change nothing
+    dense = expert_ffn(x, gate[0], up[0], down[0])  # (N, d_model)
+    expert_ids, gates, probs = route(x, router, 1, renormalize)
+    assert np.all(expert_ids == 0) and np.all(gates == 1.0) and np.all(probs == 1.0)
+    np.testing.assert_array_equal(moe(x, layer(router, gate, up, down), 1, renormalize), dense)
+    config = get_preset("grok-tiny").replace(
+        d_model=D_MODEL, d_ff=D_FF, num_experts=1, top_k=1, renormalize_gates=renormalize
+    )
+    y, _ = moe_forward(x, router, gate, up, down, config)
+    np.testing.assert_array_equal(y, dense)
+    aux, dprobs = load_balancing_loss(probs, expert_ids, 1)
+    assert aux == 1.0
+    np.testing.assert_array_equal(softmax_backward(dprobs, probs), 0.0)
