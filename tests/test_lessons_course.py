@@ -233,6 +233,19 @@ WRONG_ANSWERS: dict[str, dict[str, list]] = {
             "def z_loss_minimiser(E):\n    return np.full(E, np.log(E), np.float32)\n",
         ],
     },
+    "05b_moe_vs_dense.ipynb": {
+        "ex1-distinct-check": [
+            "def predict_distinct(n, k, B):\n    return min(n, k * B)\n",  # no collisions between tokens
+            # the k picks of a token made with replacement
+            "def predict_distinct(n, k, B):\n    return n * (1 - ((n - 1) / n) ** (k * B))\n",
+            edit("((n - k) / n) ** B", "((n - k) / n) ** (B - 1)"),  # off by one token
+        ],
+        "ex2-step-bytes-check": [
+            edit("expert * np.sum(distinct_per_layer)", "expert * config.top_k * config.n_layers"),  # ignores the batch
+            edit("    return bytes_per_weight * (shared + ", "    return bytes_per_weight * ("),  # no shared weights
+            edit("config.n_params() - config.n_layers * config.num_experts * expert", "config.n_params()"),  # twice
+        ],
+    },
     "06_block_and_generation.ipynb": {
         "ex1-filters-check": [
             FILTERS.replace("    kept[0] = True\n", ""),  # top_p = 0 keeps nothing: 0 / 0
