@@ -97,6 +97,8 @@ def run(args: argparse.Namespace) -> int:
     models = _choices(args.models, MODELS, "--models")
     types = _choices(args.types, TYPES, "--types")
     engines = _choices(args.engines, ENGINES, "--engines")
+    if engines == ["llama.cpp"] and not _has_llama_cpp():
+        raise ValueError("--engines llama.cpp needs llama-cpp-python, not installed: pip install llama-cpp-python")
     if "shipped" in models:
         shipped = Path(args.model) if args.model else SHIPPED
         if not shipped.is_file():

@@ -101,3 +101,10 @@ def test_a_prompt_past_the_context_is_refused_before_any_worker_runs(tiny_path, 
     assert f"context of {context}" in err and len(err.strip().splitlines()) == 1
     assert cli.main(["bench", "--models", "large", "--prompt-tokens", "1000", "--decode-tokens", "30"]) == 1
     assert "large model's context of 1024" in capsys.readouterr().err
+
+
+def test_llama_cpp_alone_without_llama_cpp_python_is_an_error(tiny_path, capsys, monkeypatch):
+    monkeypatch.setattr(cli._bench(), "_has_llama_cpp", lambda: False)
+    assert cli.main(["bench", "--model", str(tiny_path), "--engines", "llama.cpp"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("minigrok: error:") and "pip install llama-cpp-python" in err and err.count("\n") == 1

@@ -457,3 +457,27 @@ def test_cli_without_nbgrader_says_how_to_install(tmp_path, capsys, monkeypatch)
 def test_cli_refuses_to_overwrite_the_answer_key(capsys):
     assert cli.main(["lessons", "--student", str(LESSONS)]) != 0
     assert "answer key" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["05b_moe_vs_dense", "09_speed"])  # REPO and ROOT; benchmarks/*.json, bench.py
+def test_student_edition_finds_the_repository_from_any_folder(tmp_path, name):
+    """Written outside the repository, the notebooks still read benchmarks/: every error is the student's to fix
+    (a stub, a failing check), none a missing file or module."""
+    dest = tmp_path / "student"
+    assert cli.main(["lessons", "--student", str(dest)]) == 0
+    nb = nbformat.read(dest / f"{name}.ipynb", as_version=4)
+    NotebookClient(nb, timeout=300, allow_errors=True, resources={"metadata": {"path": str(dest)}}).execute()
+    errors = {o.ename for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"}
+    assert errors and errors <= {"NotImplementedError", "AssertionError", "NameError", "TypeError"}, errors
+
+
+def test_student_edition_keeps_a_students_work_and_stays_out_of_the_key(tmp_path, capsys):
+    dest = tmp_path / "student"
+    assert cli.main(["lessons", "--student", str(dest)]) == 0
+    work = dest / "03_attention.ipynb"
+    work.write_text(work.read_text() + " ")  # a student's edit
+    assert cli.main(["lessons", "--student", str(dest)]) == 1
+    assert "pass --force" in capsys.readouterr().err and work.read_text().endswith(" ")
+    assert cli.main(["lessons", "--student", str(dest), "--force"]) == 0
+    assert cli.main(["lessons", "--student", str(LESSONS / "student")]) == 1  # pytest would collect the stubs
+    assert "inside the answer key" in capsys.readouterr().err and not (LESSONS / "student").exists()
