@@ -97,31 +97,29 @@ def run(args: argparse.Namespace) -> int:
     models = _choices(args.models, MODELS, "--models")
     types = _choices(args.types, TYPES, "--types")
     engines = _choices(args.engines, ENGINES, "--engines")
-    if engines == ["llama.cpp"] and not _has_llama_cpp():
-        raise ValueError("--engines llama.cpp needs llama-cpp-python, not installed: pip install llama-cpp-python")
-    if "shipped" in models:
-        shipped = Path(args.model) if args.model else SHIPPED
-        if not shipped.is_file():
-            what = "is a directory, not a GGUF file" if shipped.is_dir() else "not found"
-            raise FileNotFoundError(f"model file {shipped} {what}; name one with --model, or run --models large only")
-        context = {"shipped": read_config(shipped).context_length}  # a CheckpointError names what is wrong
-    else:
-        context = {}
-    context["large"] = LARGE["context_length"]
-    tokens = args.prompt_tokens + WARM_UP + max(args.decode_tokens, args.naive_decode_tokens)
-    for model in models:  # refused before any worker starts: a prompt past the context would run for minutes
-        if tokens > context[model]:
-            raise ValueError(
-                f"--prompt-tokens {args.prompt_tokens}, {WARM_UP} warm-up steps and up to "
-                f"{max(args.decode_tokens, args.naive_decode_tokens)} decode steps make {tokens} tokens, more than "
-                f"the {model} model's context of {context[model]}; ask for fewer"
-            )
     if "llama.cpp" in engines and not _has_llama_cpp():
+        if engines == ["llama.cpp"]:
+            raise ValueError("--engines llama.cpp needs llama-cpp-python, not installed: pip install llama-cpp-python")
         print(
             "minigrok: llama-cpp-python is not installed: no llama.cpp rows (pip install llama-cpp-python)",
             file=sys.stderr,
         )
         engines.remove("llama.cpp")
+    context = {"large": LARGE["context_length"]}
+    if "shipped" in models:
+        shipped = Path(args.model) if args.model else SHIPPED
+        if not shipped.is_file():
+            what = "is a directory, not a GGUF file" if shipped.is_dir() else "not found"
+            raise FileNotFoundError(f"model file {shipped} {what}; name one with --model, or run --models large only")
+        context["shipped"] = read_config(shipped).context_length  # a CheckpointError names what is wrong
+    decode = max(args.decode_tokens, args.naive_decode_tokens)
+    tokens = args.prompt_tokens + WARM_UP + decode
+    for model in models:  # refused before any worker starts: a prompt past the context would run for minutes
+        if tokens > context[model]:
+            raise ValueError(
+                f"--prompt-tokens {args.prompt_tokens}, {WARM_UP} warm-up steps and up to {decode} decode steps make "
+                f"{tokens} tokens, more than the {model} model's context of {context[model]}; ask for fewer"
+            )
 
     # SIGTERM ends the bench as Ctrl-C does: subprocess.run then kills the running worker instead of orphaning it
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
