@@ -63,7 +63,8 @@ def _cache_roots() -> list[Path]:
     """Where the cache may go, in order: a minigrok folder in $NUMBA_CACHE_DIR or else the user's cache folder;
     then one in the temporary folder (a read-only home). Never Numba's default beside the sources (keyed by file)."""
     user = os.environ.get("NUMBA_CACHE_DIR") or os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return [Path(user) / "minigrok", Path(tempfile.gettempdir()) / f"minigrok-{os.getuid()}"]
+    per_user = f"minigrok-{os.getuid()}" if hasattr(os, "getuid") else "minigrok"  # Windows: the temp dir is per user
+    return [Path(user) / "minigrok", Path(tempfile.gettempdir()) / per_user]
 
 
 def _prune(root: Path, keep: Path) -> None:
