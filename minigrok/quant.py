@@ -328,23 +328,31 @@ BLAS_MIN_TOKENS = 32  # from this many rows of x on, dequantize tiles of w and u
 _TILE_FLOATS = 1 << 18  # 1 MB of float32 per dequantized tile: the L2 cache of one core here
 
 
-def quantized_linear(x: np.ndarray, w: QuantizedTensor, matmul=matmul_reference, dequantize_rows=dequantize_rows):
+def quantized_linear(
+    x: np.ndarray,
+    w: QuantizedTensor,
+    matmul=matmul_reference,
+    dequantize_rows=dequantize_rows,
+    blas_min_tokens: float | None = None,
+):
     """``x @ w.T`` for a quantized weight w (out, in), over any leading axes of x: (..., in) -> (..., out) float32.
 
-    Few tokens (decode, < BLAS_MIN_TOKENS rows): ``matmul``, the integer product on the weight's quantized bytes,
-    as llama.cpp does; decoding is memory-bound, so fewer bytes is faster. Many tokens (prefill, eval):
-    compute-bound, where float BLAS beats any integer loop, so rows of w are dequantized one small tile at a time
-    (``dequantize_rows``) and multiplied with BLAS (as llama.cpp's BLAS backend does for batches, ggml-blas.cpp).
-    The two paths differ only by the 8-bit rounding of x in the first (each value within 1/254 of its block's
-    largest |x|). ``matmul`` and ``dequantize_rows`` default to the NumPy functions above; the Numba kernels of
-    minigrok/kernels/quant_kernels.py take the same arguments. Raises ValueError if w is not 2-D or the last
-    axis of x is not w's input width.
+    Few tokens (decode, fewer than ``blas_min_tokens`` rows, by default BLAS_MIN_TOKENS): ``matmul``, the integer
+    product on the weight's quantized bytes, as llama.cpp does; decoding is memory-bound, so fewer bytes is
+    faster. Many tokens (prefill, eval): compute-bound, where float BLAS beats a plain integer loop, so rows of w
+    are dequantized one small tile at a time (``dequantize_rows``) and multiplied with BLAS (as llama.cpp's BLAS
+    backend does for batches, ggml-blas.cpp). The two paths differ only by the 8-bit rounding of x in the first
+    (each value within 1/254 of its block's largest |x|). ``matmul`` and ``dequantize_rows`` default to the NumPy
+    functions above; the Numba kernels of minigrok/kernels/quant_kernels.py take the same arguments, and where
+    their integer kernel beats BLAS at any batch (the VNNI one, kernels/vnni.py) they pass ``blas_min_tokens=inf``,
+    as llama.cpp's CPU backend does
+    without BLAS. Raises ValueError if w is not 2-D or the last axis of x is not w's input width.
     """
     if w.ndim != 2 or x.shape[-1] != w.shape[1]:
         raise ValueError(f"cannot multiply x of shape {x.shape} by a quantized weight of shape {w.shape} (out, in)")
     x2 = np.ascontiguousarray(x.reshape(-1, x.shape[-1]), dtype=np.float32)  # (N, in)
     R, K = w.shape
-    if x2.shape[0] < BLAS_MIN_TOKENS:
+    if x2.shape[0] < (BLAS_MIN_TOKENS if blas_min_tokens is None else blas_min_tokens):
         y = matmul(x2, w)  # (N, out)
     else:
         y = np.empty((x2.shape[0], R), np.float32)  # (N, out)

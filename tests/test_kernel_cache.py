@@ -17,7 +17,7 @@ import pytest
 
 import minigrok
 
-# f32_matvec (kernels/decode.py) cuts its rows into n_chunks(...) blocks (kernels/quant_kernels.py), then fills
+# f32_matvec (kernels/decode.py) cuts its rows into n_chunks(...) blocks (kernels/blocks.py), then fills
 # `out` block by block: with no blocks at all, `out` keeps its -1s.
 RUN = """
 import numpy as np
@@ -57,7 +57,7 @@ def test_an_edit_to_a_helper_in_another_file_reaches_its_cached_caller(tmp_path)
         f.write("# edited by tests/test_kernel_cache.py\n")
     assert "compiling" not in run_kernel(tmp_path)[1]
 
-    helper_file = package / "kernels" / "quant_kernels.py"
+    helper_file = package / "kernels" / "blocks.py"
     text = helper_file.read_text()
     assert text.count(HELPER) == 1, "n_chunks changed: update this test's edit"
     helper_file.write_text(text.replace(HELPER, EDITED))

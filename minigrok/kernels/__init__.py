@@ -8,6 +8,12 @@ kernels' files and every module they import (``CACHE_DIR``, in ``$NUMBA_CACHE_DI
 ``$XDG_CACHE_HOME/minigrok`` or ``~/.cache/minigrok``): an edit, a ``git pull`` or a new version compiles afresh, an
 unchanged package loads what it compiled before. Older folders are removed, the most recently used few kept.
 
+The integer dot products of Q8_0/Q4_0 weights have two implementations, chosen here for this CPU
+(``INTEGER_DOT``): "vnni" (vnni.py: the vpdpbusd instruction of AVX-512 VNNI or AVX-VNNI, written as an LLVM
+intrinsic) where the CPU has it, else "portable" (quant_kernels.py: plain loops LLVM vectorizes for any CPU). The
+environment variable ``MINIGROK_INTEGER_DOT=portable`` forces the plain loops (to compare them, or if the
+instruction misbehaves); the choice is part of the cache folder's name.
+
 Compiling takes a while the first time (~20 s on 2 cores), so it prints one line on stderr saying so: on import
 for a new CACHE_DIR, and in :func:`compiling` for each kind of input compiled for the first time.
 """
@@ -24,6 +30,7 @@ import tempfile
 from pathlib import Path
 
 import numba
+from llvmlite import binding as llvm
 
 PACKAGE = Path(__file__).resolve().parents[1]  # minigrok/
 KEEP_VERSIONS = 4  # cache folders of other versions of the code kept (learners switch back and forth)
@@ -50,10 +57,26 @@ def kernel_sources(package: Path = PACKAGE) -> list[Path]:
     return sorted(seen)
 
 
+def integer_dot() -> str:
+    """ "vnni" if this CPU has the 256-bit vpdpbusd instruction (AVX-512 VNNI with AVX-512 VL, or AVX-VNNI), as LLVM
+    reads the host's features, and MINIGROK_INTEGER_DOT is not "portable"; else "portable". Raises ValueError
+    for any other value of MINIGROK_INTEGER_DOT."""
+    asked = os.environ.get("MINIGROK_INTEGER_DOT", "")
+    if asked not in ("", "vnni", "portable"):
+        raise ValueError(f"MINIGROK_INTEGER_DOT={asked!r}: use 'portable' (plain loops) or unset it (fastest here)")
+    features = llvm.get_host_cpu_features()
+    has = (features.get("avx512vnni") and features.get("avx512vl")) or features.get("avxvnni")
+    return "vnni" if has and asked != "portable" else "portable"
+
+
+INTEGER_DOT = integer_dot()
+
+
 def source_hash(package: Path = PACKAGE) -> str:
-    """A hash (16 hex digits) of where the package is and of the names and bytes of :func:`kernel_sources`. (Numba
-    files its cache by each source file's folder too, so another checkout or install compiles its own.)"""
-    digest = hashlib.sha256(str(package).encode() + b"\0")
+    """A hash (16 hex digits) of where the package is, INTEGER_DOT, and the names and bytes of
+    :func:`kernel_sources`. (Numba files its cache by each source file's folder too, so another checkout or install
+    compiles its own.)"""
+    digest = hashlib.sha256(str(package).encode() + b"\0" + INTEGER_DOT.encode() + b"\0")
     for path in kernel_sources(package):
         digest.update(path.relative_to(package).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()[:16]

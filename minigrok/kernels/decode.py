@@ -41,7 +41,8 @@ from ..layers import rope_tables
 from ..model import LAYER_TENSORS
 from ..quant import QuantizedTensor
 from .attention_kernels import key_scores, pattern_code, visible_slots, weighted_values
-from .quant_kernels import FASTMATH, SERIAL, n_chunks, q4_0_matmul, q8_0_matmul
+from .blocks import FASTMATH, SERIAL, n_chunks
+from .quant_kernels import q4_0_matmul, q8_0_matmul
 
 # Threads. A parallel region costs microseconds to start, and right after a prefill OpenBLAS's idle threads spin
 # for ~0.1 s: a third busy thread on two cores made the shipped model's decode steps (~1 ms) 2x slower. So only

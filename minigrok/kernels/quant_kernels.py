@@ -30,68 +30,14 @@ that the shapes agree and raises ValueError before any loop runs: no read is out
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from numba import float32, int16, int32, njit, prange
 
 from ..quant import Q8_0, QK, QuantizedTensor, quantized_linear
-
-# Allow reordering and fusing float32 sums (what lets LLVM vectorize them); no "afn"/"arcp", so divisions and
-# roundings are the exact IEEE ones of the NumPy reference, and no "nnan"/"ninf".
-FASTMATH = {"reassoc", "contract", "nsz"}
-FLT_MIN = np.float32(np.finfo(np.float32).tiny)
-SERIAL = 1 << 62  # a min_weights that keeps every product on one thread
-
-
-@njit(cache=True, fastmath=FASTMATH)
-def _quantize_activations(x):
-    """x (N, K) float32 -> (q (N, K) int8, d (N, K // 32) float32); same rule as quant.quantize_activations."""
-    N, K = x.shape
-    n_blocks = K // QK
-    q = np.empty((N, K), np.int8)
-    d = np.empty((N, n_blocks), np.float32)
-    for n in range(N):
-        for b in range(n_blocks):
-            amax = float32(0)
-            for k in range(b * QK, b * QK + QK):
-                amax = max(amax, abs(x[n, k]))
-            d[n, b] = amax / float32(127)
-            inv_d = float32(1) / d[n, b] if d[n, b] >= FLT_MIN else float32(0)
-            for k in range(b * QK, b * QK + QK):
-                v = x[n, k] * inv_d
-                a = abs(v)
-                whole = np.floor(a)
-                r = whole + np.floor(float32(2) * (a - whole))  # round half away from zero, as C's roundf
-                q[n, k] = int32(r) if v >= 0 else -int32(r)
-    return q, d
-
-
-@njit(cache=True)
-def _product_fits(x, qs, d, out, row_bytes):
-    """Do x (N, K), quants qs (R, row_bytes), scales d (R, K // 32) and out (N, R) fit together, with 32 | K?"""
-    N, K = x.shape
-    R = qs.shape[0]
-    return not (K % QK or qs.shape[1] != row_bytes or d.shape[0] != R or d.shape[1] != K // QK or out.shape != (N, R))
-
-
-@njit(cache=True)
-def _rows_fit(R, K, d, r0, r1, out):
-    """Are rows r0..r1-1 of an (R, K) weight with scales d (R, K // 32) in range, and out (>= r1 - r0, K)?"""
-    return (
-        0 <= r0 <= r1 <= R
-        and d.shape[0] == R
-        and d.shape[1] * QK == K
-        and out.shape[0] >= r1 - r0
-        and out.shape[1] == K
-    )
-
-
-@njit(cache=True)
-def n_chunks(R, K, min_weights):
-    """Into how many blocks of rows an (R, K) product is cut for Numba's threads: one per min_weights weights
-    (``prange`` deals the blocks out evenly to the threads). 1 = no parallel region: starting one costs a few
-    microseconds, more than a small product saves. (numba.get_num_threads() would stop the kernels from being
-    cached, so the count does not depend on the threads.)"""
-    return max(1, min(R, R * K // min_weights))
+from . import INTEGER_DOT
+from .blocks import FASTMATH, SERIAL, n_chunks, product_fits, quantize_activations, rows_fit
 
 
 @njit(cache=True, fastmath=FASTMATH)
@@ -118,14 +64,14 @@ def _q8_0_rows(xq, dx, qs, d, out, r0, r1):
     fastmath=FASTMATH,
     parallel=True,
 )
-def q8_0_matmul(x, qs, d, out, min_weights):
+def q8_0_matmul_loop(x, qs, d, out, min_weights):
     """out (N, R) = x (N, K) @ W.T for a Q8_0 weight W (R, K) given as qs (R, K) int8 and d (R, K // 32) float32.
     Rows are split over Numba's threads in blocks of at least min_weights weights (SERIAL: one thread)."""
     N, K = x.shape
     R = qs.shape[0]
-    if not _product_fits(x, qs, d, out, K):
+    if not product_fits(x, qs, d, out, K):
         raise ValueError("q8_0_matmul: shapes disagree; need x (N, K), qs (R, K), d (R, K/32), out (N, R), 32 | K")
-    xq, dx = _quantize_activations(x)  # (N, K) int8, (N, n_blocks)
+    xq, dx = quantize_activations(x)  # (N, K) int8, (N, n_blocks)
     chunks = n_chunks(R, K, min_weights)
     if chunks == 1:
         _q8_0_rows(xq, dx, qs, d, out, 0, R)
@@ -161,16 +107,16 @@ def _q4_0_rows(x_lo, x_hi, dx, qs, d, out, r0, r1):
     fastmath=FASTMATH,
     parallel=True,
 )
-def q4_0_matmul(x, qs, d, out, min_weights):
+def q4_0_matmul_loop(x, qs, d, out, min_weights):
     """out (N, R) = x (N, K) @ W.T for a Q4_0 weight W (R, K) given as qs (R, K // 2) uint8 (GGUF nibble order:
     byte j of a block holds q[j] low and q[j + 16] high) and d (R, K // 32) float32; a weight is (q - 8) * d.
     Rows are split over Numba's threads in blocks of at least min_weights weights (SERIAL: one thread)."""
     N, K = x.shape
     R = qs.shape[0]
     n_blocks, half = K // QK, K // 2
-    if not _product_fits(x, qs, d, out, half):
+    if not product_fits(x, qs, d, out, half):
         raise ValueError("q4_0_matmul: shapes disagree; need x (N, K), qs (R, K/2), d (R, K/32), out (N, R), 32 | K")
-    xq, dx = _quantize_activations(x)  # (N, K) int8, (N, n_blocks)
+    xq, dx = quantize_activations(x)  # (N, K) int8, (N, n_blocks)
     # Split each activation block into the 16 values the low nibbles multiply and the 16 the high nibbles do.
     x_lo = np.empty((N, half), np.int8)  # x_lo[n, 16 b + j] = xq[n, 32 b + j]
     x_hi = np.empty((N, half), np.int8)  # x_hi[n, 16 b + j] = xq[n, 32 b + 16 + j]
@@ -191,7 +137,7 @@ def q4_0_matmul(x, qs, d, out, min_weights):
 def q8_0_dequantize_rows(qs, d, r0, r1, out):
     """out[:r1 - r0] = the float32 rows r0..r1-1 of a Q8_0 weight (qs (R, K) int8, d (R, K // 32)): q * d."""
     R, K = qs.shape
-    if not _rows_fit(R, K, d, r0, r1, out):
+    if not rows_fit(R, K, d, r0, r1, out):
         raise ValueError(
             "q8_0_dequantize_rows: need 0 <= r0 <= r1 <= R, d (R, K/32) and out of at least r1-r0 rows of K"
         )
@@ -205,7 +151,7 @@ def q4_0_dequantize_rows(qs, d, r0, r1, out):
     """out[:r1 - r0] = float32 rows r0..r1-1 of a Q4_0 weight (qs (R, K // 2) uint8, d (R, K // 32)): (q - 8) * d."""
     R, half = qs.shape
     K = 2 * half
-    if not _rows_fit(R, K, d, r0, r1, out):
+    if not rows_fit(R, K, d, r0, r1, out):
         raise ValueError(
             "q4_0_dequantize_rows: need 0 <= r0 <= r1 <= R, d (R, K/32) and out of at least r1-r0 rows of K"
         )
@@ -218,6 +164,13 @@ def q4_0_dequantize_rows(qs, d, r0, r1, out):
                 out[i, b * QK + 16 + j] = float32((byte >> 4) - 8) * db
 
 
+# ---- which integer kernels run: the VNNI ones where the CPU has the instruction (kernels.INTEGER_DOT) ----------
+if INTEGER_DOT == "vnni":
+    from .vnni import q4_0_matmul, q8_0_matmul
+else:
+    q8_0_matmul, q4_0_matmul = q8_0_matmul_loop, q4_0_matmul_loop
+
+
 # ---- Python entry points: convert and check, then call a kernel --------------------------------------------------
 def _arrays(w: QuantizedTensor) -> tuple[np.ndarray, np.ndarray]:
     if not isinstance(w, QuantizedTensor) or w.ndim != 2:
@@ -225,18 +178,19 @@ def _arrays(w: QuantizedTensor) -> tuple[np.ndarray, np.ndarray]:
     return np.ascontiguousarray(w.qs), np.ascontiguousarray(w.d, dtype=np.float32)
 
 
-def matmul(x: np.ndarray, w: QuantizedTensor) -> np.ndarray:
+def matmul(x: np.ndarray, w: QuantizedTensor, min_weights: int = SERIAL) -> np.ndarray:
     """``x @ w.T`` with the integer kernel: x (N, K) float, w (R, K) Q8_0 or Q4_0 -> (N, R) float32.
 
     Agrees with ``quant.matmul_reference`` up to float32 summation order (tests/test_quant.py states the bound).
-    Raises ValueError if the shapes do not fit.
+    min_weights: the kernel's thread split (SERIAL, the default: one thread). Raises ValueError if the shapes do not
+    fit.
     """
     qs, d = _arrays(w)
     x = np.ascontiguousarray(x, dtype=np.float32)
     if x.ndim != 2 or x.shape[1] != w.shape[1]:
         raise ValueError(f"x must be (N, {w.shape[1]}) to multiply a weight of shape {w.shape}, got {x.shape}")
     out = np.empty((x.shape[0], w.shape[0]), np.float32)  # (N, R)
-    (q8_0_matmul if w.type == Q8_0 else q4_0_matmul)(x, qs, d, out, SERIAL)  # called between BLAS calls: see decode.py
+    (q8_0_matmul if w.type == Q8_0 else q4_0_matmul)(x, qs, d, out, min_weights)
     return out
 
 
@@ -260,4 +214,13 @@ class CompiledQuantizedTensor(QuantizedTensor):
         return w if isinstance(w, cls) else cls(w.type, w.shape, w.d, w.qs)
 
     def linear(self, x: np.ndarray) -> np.ndarray:
+        if INTEGER_DOT == "vnni":  # the integer kernel beats dequantize + BLAS at any batch (benchmarks/README.md)
+            return quantized_linear(x, self, _prefill_matmul, dequantize_rows, blas_min_tokens=math.inf)
         return quantized_linear(x, self, matmul, dequantize_rows)
+
+
+PREFILL_BLOCK = 1 << 22  # weights x tokens per thread block for the products of many tokens (VNNI path)
+
+
+def _prefill_matmul(x: np.ndarray, w: QuantizedTensor) -> np.ndarray:
+    return matmul(x, w, PREFILL_BLOCK if len(x) > 1 else SERIAL)
