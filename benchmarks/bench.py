@@ -35,6 +35,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import resource
 import shlex
 import signal
@@ -216,9 +217,10 @@ def _with_ratios(rows: list[dict], bandwidth_gb_s: float) -> list[dict]:
 # ---- reporting ---------------------------------------------------------------------------------------------------
 def machine(threads: int) -> dict:
     """CPU model, cores, memory, threads used, and the library versions (no heavy imports here)."""
-    cpu = next((line.split(":", 1)[1].strip() for line in _read("/proc/cpuinfo") if line.startswith("model name")), "")
+    cpuinfo = _read("/proc/cpuinfo")
+    cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), "")
     mem = next((int(line.split()[1]) * 1024 for line in _read("/proc/meminfo") if line.startswith("MemTotal")), 0)
-    flags = next((line.split(":", 1)[1].split() for line in _read("/proc/cpuinfo") if line.startswith("flags")), [])
+    flags = next((line.split(":", 1)[1].split() for line in cpuinfo if line.startswith("flags")), [])
     from minigrok.llamacpp import configuration
 
     versions = {}
@@ -229,17 +231,34 @@ def machine(threads: int) -> dict:
             versions[name] = version(name.replace("_", "-"))
         except Exception:  # not installed
             versions[name] = None
+    field = lambda key: next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith(key)), "")  # noqa: E731
+    from minigrok.kernels import INTEGER_DOT
+
     return {
         "cpu": cpu or platform.processor(),
+        "cpu_kind": cpu_kind(cpu or platform.processor(), field("cpu family"), field("model\t")),
+        "cpu_family": field("cpu family"),
+        "cpu_model_number": field("model\t"),
         "cores": os.cpu_count(),
         "ram_gb": round(mem / 1e9, 1),
         "simd": [f for f in ("avx2", "avx_vnni", "avx512f", "avx512_vnni", "amx_int8") if f in flags],
+        "flags": flags,
+        "integer_dot": INTEGER_DOT,  # minigrok's Q8_0/Q4_0 kernels on this CPU: "vnni" or "portable"
         "threads": threads,
         "python": platform.python_version(),
         **versions,
         **configuration(),  # llama_cpp_python (version), extra_bufts, extra_bufts_why
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
+
+
+def cpu_kind(name: str, family: str, model: str) -> str:
+    """A file-name-safe label for a kind of CPU, e.g. "amd-epyc-f26-m2": the model name (virtual machines often
+    show only "AMD EPYC") with the cpu family and model numbers, which tell generations apart. Results files are
+    named by it (benchmarks/results-<kind>.json): speed holds per kind of CPU."""
+    words = re.sub(r"\(r\)|\(tm\)|\bcpu\b|@.*|\bprocessor\b", " ", name.lower())
+    slug = "-".join(re.findall(r"[a-z0-9]+", words)) or "unknown-cpu"
+    return slug + (f"-f{family}" if family else "") + (f"-m{model}" if model else "")
 
 
 def _read(path: str) -> list[str]:
@@ -257,8 +276,9 @@ def markdown(report: dict) -> str:
         repack = f"{'on' if m['extra_bufts'] else 'off'}: {m['extra_bufts_why']}"
         llama = f"llama-cpp-python {m['llama_cpp_python']} (extra buffer types, i.e. weight repacking, {repack})"
     lines = [
-        f"Machine: {m['cpu']}, {m['cores']} cores ({', '.join(m['simd'])}), {m['ram_gb']} GB RAM; "
-        f"{m['threads']} threads; Python {m['python']}, NumPy {m['numpy']}, Numba {m['numba']}, {llama}; {m['date']}.",
+        f"Machine: {m['cpu']} ({m.get('cpu_kind', '?')}), {m['cores']} cores ({', '.join(m['simd'])}), "
+        f"{m['ram_gb']} GB RAM; {m['threads']} threads; minigrok's integer kernels: {m.get('integer_dot', '?')}; "
+        f"Python {m['python']}, NumPy {m['numpy']}, Numba {m['numba']}, {llama}; {m['date']}.",
         f"Command: `{report['command']}`",
         f"Memory bandwidth: {bw['bandwidth_gb_s']:.1f} GB/s (NumPy sum, 1 thread: {bw['sum_gb_s']:.1f} GB/s; "
         f"matrix-vector, {m['threads']} threads: {bw['matvec_gb_s']:.1f} GB/s).",

@@ -1,10 +1,16 @@
 #!/usr/bin/env bash
 # Reproduce the tables of benchmarks/README.md on an otherwise idle machine, in one run:
 #   benchmarks/run.sh [bench flags, e.g. --threads 2 --model path/to/model.gguf]
-# Writes benchmarks/results.json (every figure, with the machine and the command) and prints the Markdown tables.
-# The llama.cpp rows need llama-cpp-python in the same Python (pip install llama-cpp-python).
+# Writes benchmarks/results-<cpu kind>.json (or results-<cpu kind>-1thread.json for --threads 1): every figure,
+# with the machine (CPU model, family, flags) and the command. Speed holds per kind of CPU, so each kind measured
+# keeps its own file. Prints the Markdown tables. The llama.cpp rows need llama-cpp-python in the same Python.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-python -m minigrok bench --json "$@" > benchmarks/.results.json.tmp
-mv benchmarks/.results.json.tmp benchmarks/results.json
-python -c 'import json; from minigrok.bench import markdown; print(markdown(json.load(open("benchmarks/results.json"))))'
+tmp=benchmarks/.results.json.tmp
+python -m minigrok bench --json "$@" > "$tmp"
+name=$(python -c 'import json, sys; m = json.load(open(sys.argv[1]))["machine"]
+print(m["cpu_kind"] + ("-1thread" if m["threads"] == 1 else "" if m["threads"] == 2 else f"-{m[\"threads\"]}threads"))' "$tmp")
+mv "$tmp" "benchmarks/results-$name.json"
+echo "wrote benchmarks/results-$name.json" >&2
+python -c 'import json, sys; from minigrok.bench import markdown; print(markdown(json.load(open(sys.argv[1]))))' \
+  "benchmarks/results-$name.json"
