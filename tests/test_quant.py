@@ -482,8 +482,8 @@ def test_int8_columns_round_trip(seed, n_groups):
 
 
 def test_the_integer_kernels_follow_the_cpu_unless_told(monkeypatch):
-    """VNNI where /proc/cpuinfo lists it (AVX-512 VNNI with VL, or AVX-VNNI); MINIGROK_INTEGER_DOT=portable forces
-    the plain loops; any other value is an error that says what to use."""
+    """VNNI where /proc/cpuinfo lists it (AVX-512 VNNI with VL, or AVX-VNNI) and Numba compiles for this CPU;
+    MINIGROK_INTEGER_DOT=portable forces the plain loops; any other value is an error that says what to use."""
     flags = set()
     with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
         flags = next((set(line.split(":", 1)[1].split()) for line in f if line.startswith("flags")), set())
@@ -491,6 +491,9 @@ def test_the_integer_kernels_follow_the_cpu_unless_told(monkeypatch):
     monkeypatch.delenv("MINIGROK_INTEGER_DOT", raising=False)
     if flags:
         assert integer_dot() == ("vnni" if has_vnni else "portable")
+    monkeypatch.setattr("numba.config.CPU_NAME", "generic")  # NUMBA_CPU_NAME=generic: code for any x86-64
+    assert integer_dot() == "portable"
+    monkeypatch.setattr("numba.config.CPU_NAME", None)
     monkeypatch.setenv("MINIGROK_INTEGER_DOT", "portable")
     assert integer_dot() == "portable"
     monkeypatch.setenv("MINIGROK_INTEGER_DOT", "avx512")

@@ -59,11 +59,13 @@ def kernel_sources(package: Path = PACKAGE) -> list[Path]:
 
 def integer_dot() -> str:
     """ "vnni" if this CPU has the 256-bit vpdpbusd instruction (AVX-512 VNNI with AVX-512 VL, or AVX-VNNI), as LLVM
-    reads the host's features, and MINIGROK_INTEGER_DOT is not "portable"; else "portable". Raises ValueError
-    for any other value of MINIGROK_INTEGER_DOT."""
+    reads the host's features, Numba compiles for this CPU (no NUMBA_CPU_NAME) and MINIGROK_INTEGER_DOT is not
+    "portable"; else "portable". Raises ValueError for any other value of MINIGROK_INTEGER_DOT."""
     asked = os.environ.get("MINIGROK_INTEGER_DOT", "")
     if asked not in ("", "vnni", "portable"):
         raise ValueError(f"MINIGROK_INTEGER_DOT={asked!r}: use 'portable' (plain loops) or unset it (fastest here)")
+    if numba.config.CPU_NAME not in (None, "host"):  # NUMBA_CPU_NAME: compiling for another CPU than this one
+        return "portable"  # (LLVM aborts the process on an instruction the target CPU lacks: no VNNI unless sure)
     features = llvm.get_host_cpu_features()
     has = (features.get("avx512vnni") and features.get("avx512vl")) or features.get("avxvnni")
     return "vnni" if has and asked != "portable" else "portable"
