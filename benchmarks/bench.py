@@ -272,9 +272,11 @@ def markdown(report: dict) -> str:
     m, bw = report["machine"], report["bandwidth"]
     fmt = lambda x, spec: "-" if x is None else format(x, spec)  # noqa: E731
     llama = "llama-cpp-python not installed"
-    if m["llama_cpp_python"]:
+    if m.get("llama_cpp_python") and "extra_bufts" in m:
         repack = f"{'on' if m['extra_bufts'] else 'off'}: {m['extra_bufts_why']}"
         llama = f"llama-cpp-python {m['llama_cpp_python']} (extra buffer types, i.e. weight repacking, {repack})"
+    elif m.get("llama_cpp_python"):  # results written before the bench recorded llama.cpp's configuration
+        llama = f"llama-cpp-python {m['llama_cpp_python']}"
     lines = [
         f"Machine: {m['cpu']} ({m.get('cpu_kind', '?')}), {m['cores']} cores ({', '.join(m['simd'])}), "
         f"{m['ram_gb']} GB RAM; {m['threads']} threads; minigrok's integer kernels: {m.get('integer_dot', '?')}; "
@@ -294,6 +296,15 @@ def markdown(report: dict) -> str:
             f"| {fmt(r['decode_vs_llama_cpp'], '.2f')} | {fmt(r['prefill_vs_llama_cpp'], '.2f')} "
             f"| {fmt(r['decode_vs_naive'], '.1f')} | {r['bound_tok_s']:.0f} | {r['decode_vs_bound']:.2f} |"
         )
+    decode = {(r["model"], r["type"], r["engine"]): r["decode_tok_s"] for r in report["rows"]}
+    pays = [
+        f"{model} {engine}: Q8_0 {decode[model, 'q8_0', engine] / f32:.2f}x, "
+        f"Q4_0 {decode[model, 'q4_0', engine] / f32:.2f}x"
+        for (model, qtype, engine), f32 in decode.items()
+        if qtype == "f32" and (model, "q8_0", engine) in decode and (model, "q4_0", engine) in decode
+    ]
+    if pays:
+        lines += ["", "Decode speed of Q8_0 and Q4_0 over the same engine's F32: " + "; ".join(pays) + "."]
     sizes = {(r["model"], r["type"]): r for r in report["rows"]}
     lines += ["", "| model | type | file MB | read per decoded token MB |", "|---|---|--:|--:|"]
     for (model, qtype), r in sizes.items():

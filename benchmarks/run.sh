@@ -12,5 +12,5 @@ name=$(python -c 'import json, sys; m = json.load(open(sys.argv[1]))["machine"]
 print(m["cpu_kind"] + ("-1thread" if m["threads"] == 1 else "" if m["threads"] == 2 else f"-{m[\"threads\"]}threads"))' "$tmp")
 mv "$tmp" "benchmarks/results-$name.json"
 echo "wrote benchmarks/results-$name.json" >&2
-python -c 'import json, sys; from minigrok.bench import markdown; print(markdown(json.load(open(sys.argv[1]))))' \
+python -c "import json, sys; sys.path.insert(0, \"benchmarks\"); from bench import markdown; print(markdown(json.load(open(sys.argv[1]))))" \
   "benchmarks/results-$name.json"
