@@ -19,8 +19,9 @@ def linear(x: np.ndarray, w: np.ndarray) -> np.ndarray:
     The leading axes are flattened first, so NumPy makes one BLAS call (a stacked 3-D matmul is far slower).
     A Q8_0/Q4_0 weight (a ``QuantizedTensor``) multiplies itself (``QuantizedTensor.linear``: quant.quantized_linear).
     A float16 weight (the F16 token embedding, which ``load_gguf(mmap=True)`` keeps as it is in the file) is
-    widened to float32 a block of rows at a time: the float32 products of ``x @ w.astype(np.float32).T``, without a
-    float32 copy of the whole matrix (NumPy's own float16 matmul is slow and rounds to float16).
+    widened to float32 a block of rows at a time: the float32 products of ``x @ w.astype(np.float32).T`` (BLAS may
+    add them in another order, a float32 rounding), without the float32 copy of the whole matrix that NumPy's mixed
+    float32 @ float16 product makes on every call.
     """
     if isinstance(w, QuantizedTensor):
         return w.linear(x)

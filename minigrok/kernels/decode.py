@@ -344,7 +344,7 @@ def _unembed_for(w, x, out, min_weights):
 @njit(cache=True)
 def final_logits(x, output_norm, token_embd, eps, multiplier, min_par):
     """(1, vocab_size) = multiplier * (final RMSNorm(x) @ token_embd.T): the tied unembedding. token_embd
-    (vocab_size, d_model) in kernel form: float32, or F16 as its uint16 bits (kernel_weight)."""
+    (vocab_size, d_model) in kernel form: float32, or F16 as its uint16 bits (kernel_embedding)."""
     h = np.empty_like(x)  # (1, d_model)
     _rms_norm(x, output_norm, eps, h)
     logits = np.empty((1, token_embd.shape[0]), np.float32)  # (1, vocab_size)
@@ -366,9 +366,11 @@ def kernel_weight(w):
 def kernel_embedding(w):
     """The token embedding as final_logits takes it: a C-contiguous float32 array as is, a float16 one (an F16
     embedding loaded with load_gguf(mmap=True)) as its uint16 bits; None for anything else (the NumPy path)."""
-    if isinstance(w, np.ndarray) and w.dtype == np.float16 and w.flags.c_contiguous:
+    if not isinstance(w, np.ndarray) or not w.flags.c_contiguous:
+        return None
+    if w.dtype == np.float16:
         return w.view(np.uint16)  # (vocab_size, d_model), the same memory
-    return kernel_weight(w) if isinstance(w, np.ndarray) else None
+    return w if w.dtype == np.float32 else None
 
 
 _FLOAT_ONLY = {"attn_norm", "attn_output_norm", "ffn_norm", "ffn_gate_inp", "layer_output_norm"}  # not quantized
