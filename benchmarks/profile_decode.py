@@ -98,7 +98,7 @@ def main() -> None:
         "--repeats", type=int, default=3, help="runs of each variant; the fastest is shown (default: 3)"
     )
     args = parser.parse_args()
-    params, config, _ = load_gguf(args.model)
+    params, config, _ = load_gguf(args.model, mmap=True)  # as generate and the bench load it
     read = bytes_read(params, config)
     runs = {}
     for name, compiled in (("NumPy path", False), ("compiled step", True)):

@@ -46,6 +46,15 @@ _Q = gguf.GGMLQuantizationType
 _QUANT_TYPES = {_Q.Q8_0: Q8_0, _Q.Q4_0: Q4_0}  # GGML type -> quant.py's name
 # Tensors the forward pass multiplies through layers.linear, which takes a QuantizedTensor as is.
 _LINEAR_WEIGHTS = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate_exps", "ffn_up_exps", "ffn_down_exps")
+# F16 tensors that load_gguf(mmap=True) maps as float16 instead of copying to float32: what both paths read as F16
+# (layers.linear and kernels/decode.py's final_logits widen it as they go). Other F16 weights are widened on load.
+_KEPT_F16 = ("token_embd.weight",)
+
+
+def _kept_f16(t: gguf.ReaderTensor) -> bool:
+    """Is t an F16 tensor that load_gguf(mmap=True) keeps F16?"""
+    return t.tensor_type == _Q.F16 and t.name in _KEPT_F16
+
 
 _T = gguf.GGUFValueType
 _VALUE_TYPES = {
@@ -283,10 +292,13 @@ def load_gguf(
     Args:
         path: a file written by :func:`save_gguf` or by llama.cpp's tools (F32/F16/Q8_0/Q4_0 tensors, tied
             embeddings, a ``gpt2`` byte-level BPE tokenizer).
-        dtype: NumPy float dtype of the returned arrays (F16 tensors are upcast).
+        dtype: NumPy float dtype of the returned arrays (F16 tensors are upcast, but see mmap).
         mmap: F32 tensors (with dtype float32) come back as read-only views of the file's memory map, not
             copies, as llama.cpp maps its files: no time spent copying, and no second copy in memory (a 1.7 GB
-            F32 file loaded in 0.5 s instead of 2.7 s). For inference; training needs copies it can update.
+            F32 file loaded in 0.5 s instead of 2.7 s). An F16 token embedding (as in F16, Q8_0 and Q4_0 files)
+            comes back as a read-only float16 view: the unembedding reads it every token, and at F16 that is half
+            the bytes of a float32 copy (``layers.linear`` and the compiled decode step widen it as they read it).
+            For inference; training needs float copies it can update.
 
     Returns:
         params: ``{gguf_name: array}`` in the NumPy shapes of ``config.param_shapes()``, copied out of the file
@@ -324,7 +336,7 @@ def load_gguf(
                 raise CheckpointError(f"{path}: tensor {t.name!r}: {e}") from None
             is_linear = t.name.startswith("blk.") and t.name.split(".")[2] in _LINEAR_WEIGHTS
             params[t.name] = w if is_linear else w.dequantize().astype(dtype, copy=False)
-        elif mmap and t.tensor_type == _Q.F32 and np.dtype(dtype) == np.float32:
+        elif mmap and np.dtype(dtype) == np.float32 and (t.tensor_type == _Q.F32 or _kept_f16(t)):
             params[t.name] = t.data.view(np.ndarray)  # read-only, in NumPy shape (the reader reverses ne)
         elif t.tensor_type in (_Q.F32, _Q.F16):
             params[t.name] = np.array(t.data, dtype=dtype)  # a copy, in NumPy shape (the reader reverses ne)

@@ -5,7 +5,8 @@ minigrok.kernels; the kernels import them and are tied to them by tests. ``gener
 :func:`forward` here, which runs:
 
 - a decode step (one token of one sequence, with a KV cache): minigrok/kernels/decode.py, one compiled call per
-  layer, when every weight has a kernel form (float32, or Q8_0/Q4_0 projections and experts);
+  layer, when every weight has a kernel form (float32, or Q8_0/Q4_0 projections and experts, or an F16 token
+  embedding);
 - everything else (a prefill, an evaluation window, a batch, float64 weights): ``model.forward`` itself, with the
   Q8_0/Q4_0 weights' products in the Numba kernels (``CompiledQuantizedTensor``) instead of NumPy.
 

@@ -10,6 +10,7 @@ import numpy as np
 from .quant import QuantizedTensor
 
 SQRT_2_OVER_PI = np.float32(np.sqrt(2.0 / np.pi))
+F16_BLOCK = 1 << 18  # weights of a float16 matrix widened at a time in linear: 1 MB of float32, within the L2 cache
 
 
 def linear(x: np.ndarray, w: np.ndarray) -> np.ndarray:
@@ -17,10 +18,21 @@ def linear(x: np.ndarray, w: np.ndarray) -> np.ndarray:
 
     The leading axes are flattened first, so NumPy makes one BLAS call (a stacked 3-D matmul is far slower).
     A Q8_0/Q4_0 weight (a ``QuantizedTensor``) multiplies itself (``QuantizedTensor.linear``: quant.quantized_linear).
+    A float16 weight (the F16 token embedding, which ``load_gguf(mmap=True)`` keeps as it is in the file) is
+    widened to float32 a block of rows at a time: the float32 products of ``x @ w.astype(np.float32).T`` (BLAS may
+    add them in another order, a float32 rounding), without the float32 copy of the whole matrix that NumPy's mixed
+    float32 @ float16 product makes on every call.
     """
     if isinstance(w, QuantizedTensor):
         return w.linear(x)
-    return (x.reshape(-1, x.shape[-1]) @ w.T).reshape(*x.shape[:-1], w.shape[0])
+    x2 = x.reshape(-1, x.shape[-1])  # (N, in)
+    if w.dtype != np.float16:
+        return (x2 @ w.T).reshape(*x.shape[:-1], w.shape[0])
+    out = np.empty((x2.shape[0], w.shape[0]), np.result_type(x, np.float32))  # (N, out)
+    rows = max(1, F16_BLOCK // w.shape[1])
+    for r in range(0, w.shape[0], rows):
+        out[:, r : r + rows] = x2 @ w[r : r + rows].astype(out.dtype).T  # (N, rows): exact widening, then float32
+    return out.reshape(*x.shape[:-1], w.shape[0])
 
 
 def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:

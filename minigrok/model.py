@@ -102,6 +102,7 @@ def forward(params: dict, config: ModelConfig, tokens: np.ndarray, cache: KVCach
     step = cache.begin(T) if cache is not None else None  # where the new keys go; raises if they do not fit
     positions = np.arange(T) + (cache.pos if cache is not None else 0)  # (T,) absolute positions
     eps = config.rms_eps
+    # An F16 embedding's rows (load_gguf(mmap=True) keeps it F16) are widened exactly by this float32 product.
     x = params["token_embd.weight"][tokens] * np.float32(config.embedding_multiplier)  # (B, T, d_model)
     for i in range(config.n_layers):
         w = layer_params(params, i)  # this layer's tensors: w["attn_q"] is params[f"blk.{i}.attn_q.weight"]

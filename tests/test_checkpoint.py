@@ -262,11 +262,36 @@ def test_mmap_load_gives_read_only_views_with_the_same_values_and_logits(tiny_fi
             forward(params, config, tokens[:, :3], cache, compiled)
             logits.append(forward(params, config, tokens[:, 3:], cache, compiled))
         np.testing.assert_array_equal(logits[0], logits[1])
-    path16 = tmp_path / "tiny16.gguf"  # F16 tensors are widened to float32: copies, writable
+
+
+def test_mmap_keeps_an_f16_token_embedding_f16_and_the_logits(tmp_path):
+    from minigrok.engine import forward
+    from minigrok.model import init_cache
+
+    path16 = tmp_path / "tiny16.gguf"
     save_gguf(path16, random_params(TINY), TINY, make_tokenizer(TINY.vocab_size), dtype="f16")
+    copied, config, _ = load_gguf(path16)
     f16 = load_gguf(path16, mmap=True)[0]
-    assert f16["token_embd.weight"].flags.writeable and f16["blk.0.attn_q.weight"].flags.writeable
+    embd = f16["token_embd.weight"]  # a float16 view of the file, which both paths read as it is
+    assert embd.dtype == np.float16 and not embd.flags.writeable and copied["token_embd.weight"].dtype == np.float32
+    np.testing.assert_array_equal(embd.astype(np.float32), copied["token_embd.weight"])
+    w = f16["blk.0.attn_q.weight"]  # other F16 weights are widened to float32: copies, writable
+    assert w.dtype == np.float32 and w.flags.writeable
     assert not f16["blk.0.ffn_gate_inp.weight"].flags.writeable  # the router stays F32 in an F16 file
+    tokens = np.array([[1, 2, 3, 4, 5]])
+    for compiled in (True, False):
+        steps = []
+        for params in (copied, f16):
+            cache = init_cache(config, 1)
+            logits = [forward(params, config, tokens[:, :3], cache, compiled)[0, -1]]  # the prefill's last
+            logits += [forward(params, config, tokens[:, t : t + 1], cache, compiled)[0, 0] for t in (3, 4)]
+            steps.append(logits)
+        a, b = np.array(steps[0]), np.array(steps[1])  # (3, vocab_size) each
+        # The NumPy decode steps multiply the same float32 values one row at a time: the same logits. A prefill's
+        # product (BLAS blocks of rows) and the compiled F16 loop may add in another order: float32 rounding.
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-5 * np.abs(a).max())
+        if not compiled:
+            np.testing.assert_array_equal(a[1:], b[1:])
 
 
 def read_tokens_merges(path) -> list[str]:

@@ -6,10 +6,12 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
 
 import minigrok.kernels.decode as decode
 from minigrok import engine
 from minigrok.config import ModelConfig
+from minigrok.kernels import f16
 from minigrok.layers import gelu_tanh, softcap, softmax
 from minigrok.model import init_cache, init_params
 from minigrok.quant import QuantizedTensor, storage_type
@@ -196,3 +198,74 @@ def test_products_split_over_threads_give_the_same_logits(qtype, monkeypatch):
     assert decode.kernel_weights(params, config)[1] == 500
     threaded, _ = decode_both(params, config, tokens, 3)
     np.testing.assert_array_equal(threaded, serial)
+
+
+# ---- the F16 token embedding (kernels/f16.py, decode.f16_matvec) ---------------------------------------------------
+ALL_F16_BITS = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16)  # every float16, by its bits
+
+
+@pytest.mark.parametrize("widen", [f16.widen, f16.widen_portable], ids=["as-compiled-here", "portable"])
+def test_the_kernels_widen_every_float16_as_numpy_does(widen):
+    got = np.empty(ALL_F16_BITS.size, np.float32)
+    widen(ALL_F16_BITS, got)
+    want = ALL_F16_BITS.view(np.float16).astype(np.float32)  # (65536,)
+    nan = np.isnan(want)
+    assert np.array_equal(np.isnan(got), nan) and nan.sum() == 2046
+    # Bit for bit (±0, 2046 subnormals, ±inf included), but NaNs: F16C's VCVTPH2PS quiets signaling NaNs.
+    np.testing.assert_array_equal(got[~nan].view(np.uint32), want[~nan].view(np.uint32))
+
+
+def test_f16_instructions_are_used_only_where_they_exist():
+    assert f16.has_f16_instructions("x86_64", None, "+avx,+f16c,+fma")
+    assert not f16.has_f16_instructions("x86_64", None, "+avx,-f16c")  # e.g. a CPU of before 2012
+    assert not f16.has_f16_instructions("x86_64", "generic", "")  # NUMBA_CPU_NAME=generic: no F16C assumed
+    assert f16.has_f16_instructions("aarch64", "generic", "")  # every AArch64 converts half precision
+    assert not f16.has_f16_instructions("ppc64le", None, "")
+
+
+finite_f16_bits = st.tuples(st.integers(0, 0x7BFF), st.booleans()).map(lambda t: t[0] | (0x8000 if t[1] else 0))
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.data(), st.integers(1, 50), st.integers(1, 80))
+def test_f16_unembedding_equals_the_numpy_product(data, R, K):
+    """f16_matvec on an F16 matrix's bits is x @ W.astype(float32).T, whatever the rows' split over threads."""
+    bits = data.draw(arrays(np.uint16, (R, K), elements=finite_f16_bits), label="W bits")  # subnormals included
+    x = data.draw(arrays(np.float32, (1, K), elements=st.floats(-100, 100, width=32)), label="x")  # (1, K)
+    w32 = bits.view(np.float16).astype(np.float32)  # (R, K)
+    want = x @ w32.T  # (1, R)
+    serial = np.empty((1, R), np.float32)
+    decode.f16_matvec(x, bits, serial, decode.SERIAL)
+    bound = np.abs(x).astype(np.float64) @ np.abs(w32).T.astype(np.float64)  # (1, R): sum of |products|
+    assert np.all(np.abs(serial.astype(np.float64) - want) <= 1e-6 * K * bound)  # sums in another order
+    threaded = np.empty((1, R), np.float32)
+    decode.f16_matvec(x, bits, threaded, data.draw(st.integers(1, R * K), label="min_weights"))
+    np.testing.assert_array_equal(threaded, serial)  # every row computed the same way in any block
+
+
+@pytest.mark.parametrize("qtype", ["f32", "q8_0"])
+def test_compiled_step_with_an_f16_embedding_equals_the_numpy_path(qtype, monkeypatch):
+    params, config = make_model(7, 4, 2, 4, 2, True, 30.0, "dense", qtype)
+    params["token_embd.weight"] = params["token_embd.weight"].astype(np.float16)  # as load_gguf(mmap=True) gives
+    weights = decode.kernel_weights(params, config)
+    assert weights.token_embd.dtype == np.uint16 and weights.token_embd.base is params["token_embd.weight"]
+    tokens = np.random.default_rng(7).integers(0, config.vocab_size, 14)
+    kernel, numpy_path = decode_both(params, config, tokens, 4)
+    tolerance = 2e-5 if qtype == "f32" else 1e-2  # see the quantized test above
+    np.testing.assert_allclose(kernel, numpy_path, rtol=0, atol=tolerance * np.abs(numpy_path).max())
+    monkeypatch.setattr(decode, "THREADED_MODEL_WEIGHTS", 0)  # the unembedding's rows split over threads
+    monkeypatch.setattr(decode, "PARALLEL_BLOCK", 500)
+    monkeypatch.setattr(decode, "_last", [None, None])
+    threaded, _ = decode_both(params, config, tokens, 4)
+    np.testing.assert_array_equal(threaded, kernel)
+
+
+def test_only_the_token_embedding_may_be_f16_in_the_compiled_step():
+    params, config = make_model(8, 4, 2, 4, 2, True, 30.0, "dense")
+    for name in ("blk.0.attn_q.weight", "blk.1.ffn_norm.weight", "output_norm.weight"):
+        half = dict(params, **{name: params[name].astype(np.float16)})
+        assert decode.kernel_weights(half, config) is None  # the NumPy path, which widens it in layers.linear
+        cache = init_cache(config, 1)
+        got = engine.forward(half, config, np.array([[3]]), cache)[0, 0]
+        want = engine.forward(dict(half, **{name: half[name].astype(np.float32)}), config, np.array([[3]]))[0, 0]
+        np.testing.assert_allclose(got, want, rtol=0, atol=2e-5 * np.abs(want).max())

@@ -19,19 +19,25 @@ from minigrok.model import forward, init_cache
 HERE = Path(__file__).resolve().parent
 GOLDEN = np.load(HERE / "golden_logits.npz")
 PARAMS, CONFIG, _ = load_gguf(HERE.parent / "weights" / "minigrok-shakespeare.gguf")
+# As generate loads it: the file's F32 tensors and its F16 token embedding as read-only views of the file.
+MAPPED = load_gguf(HERE.parent / "weights" / "minigrok-shakespeare.gguf", mmap=True)[0]
 
 
-def test_prefill_gives_the_recorded_logits():
+@pytest.mark.parametrize("mapped", [False, True], ids=["copied", "mapped"])
+def test_prefill_gives_the_recorded_logits(mapped):
     ids, positions = GOLDEN["ids"], GOLDEN["positions"]
-    logits = forward(PARAMS, CONFIG, ids[None])[0]  # (T, vocab_size)
+    logits = forward(MAPPED if mapped else PARAMS, CONFIG, ids[None])[0]  # (T, vocab_size)
     np.testing.assert_allclose(logits[positions], GOLDEN["logits"], rtol=0, atol=2e-4)
 
 
+@pytest.mark.parametrize("mapped", [False, True], ids=["copied", "mapped"])
 @pytest.mark.parametrize("compiled", [True, False])  # kernels/decode.py, or model.forward through the cache
-def test_decode_steps_give_the_recorded_logits(compiled):
+def test_decode_steps_give_the_recorded_logits(compiled, mapped):
     ids, positions = GOLDEN["ids"], GOLDEN["positions"]
+    params = MAPPED if mapped else PARAMS
+    assert params["token_embd.weight"].dtype == (np.float16 if mapped else np.float32)
     cache = init_cache(CONFIG, 1, len(ids))
-    steps = [engine.forward(PARAMS, CONFIG, np.array([[t]]), cache, compiled)[0, 0] for t in ids]
+    steps = [engine.forward(params, CONFIG, np.array([[t]]), cache, compiled)[0, 0] for t in ids]
     logits = np.stack(steps)  # (T, vocab_size)
     np.testing.assert_allclose(logits[positions], GOLDEN["logits"], rtol=0, atol=2e-4)
 

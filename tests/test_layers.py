@@ -1,4 +1,4 @@
-"""RMSNorm, RoPE, GELU and soft-cap: invariances, round trips and known answers computed by hand."""
+"""RMSNorm, RoPE, GELU, soft-cap and linear: invariances, round trips and known answers computed by hand."""
 
 import math
 
@@ -7,7 +7,8 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from minigrok.layers import apply_rope, gelu_tanh, rms_norm, rope_tables, softcap
+import minigrok.layers as layers
+from minigrok.layers import apply_rope, gelu_tanh, linear, rms_norm, rope_tables, softcap
 
 EPS = 1e-5  # Grok-1's rms_eps
 
@@ -163,3 +164,34 @@ def test_softcap_is_near_identity_for_small_logits(u, cap):
 def test_softcap_with_cap_zero_is_the_identity(s):
     np.testing.assert_array_equal(softcap(s, 0.0), s)
     assert np.max(np.abs(softcap(s * 100, 30.0))) <= 30.0  # ...and a non-zero cap does cap
+
+
+# ---- linear with a float16 weight ----------------------------------------------------------------------------------
+# Every finite float16, by its bits: sign, then exponent and fraction below 0x7C00 (inf, NaN): subnormals included.
+finite_f16_bits = st.tuples(st.integers(0, 0x7BFF), st.booleans()).map(lambda t: t[0] | (0x8000 if t[1] else 0))
+
+
+@given(st.data(), st.integers(1, 40), st.integers(1, 24), st.sampled_from([(1,), (2, 3)]))
+def test_linear_with_a_float16_weight_multiplies_its_exact_float32_values(data, R, K, lead):
+    w = data.draw(arrays(np.uint16, (R, K), elements=finite_f16_bits), label="w bits").view(np.float16)  # (R, K)
+    x = data.draw(arrays(np.float32, (*lead, K), elements=finite32), label="x")  # (*lead, K)
+    block = data.draw(st.integers(1, R * K), label="F16_BLOCK")  # widened blocks of 1 row .. all rows
+    saved, layers.F16_BLOCK = layers.F16_BLOCK, block
+    try:
+        got = linear(x, w)  # (*lead, R)
+    finally:
+        layers.F16_BLOCK = saved
+    w32 = w.astype(np.float32)  # (R, K): NumPy's exact widening
+    want = x @ w32.T  # (*lead, R)
+    assert got.dtype == np.float32 and got.shape == want.shape
+    # The same float32 products; BLAS may add them in another order for a block of rows than for all of them.
+    bound = np.abs(x).astype(np.float64) @ np.abs(w32).T.astype(np.float64)  # (*lead, R): sum of |products|
+    assert np.all(np.abs(got.astype(np.float64) - want) <= 1e-6 * K * bound)
+    assert linear(x.astype(np.float64), w).dtype == np.float64  # gradient checks keep float64
+
+
+def test_linear_with_a_float16_weight_known_answer():
+    w = np.array([[1.0, -2.0], [0.5, 6.1e-5], [65504.0, 2.0**-24]], np.float16)  # a subnormal, the max, the least
+    x = np.array([[3.0, 1.0]], np.float32)
+    want = [[1.0, 1.5 + np.float32(np.float16(6.1e-5)), 196512.0 + 2.0**-24]]
+    np.testing.assert_array_equal(linear(x, w), np.array(want, np.float32))

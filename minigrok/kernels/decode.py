@@ -17,8 +17,9 @@ exp itself as Cephes' polynomial (``exp_inplace``), because LLVM vectorizes that
 The NumPy twin is ``model.forward`` itself; tests/test_decode_kernels.py checks that both give the same logits,
 step after step, for F32, Q8_0 and Q4_0 weights, every attention pattern and several head and expert shapes.
 minigrok/engine.py takes this path for one token of one sequence with a cache, when every weight is float32 or
-Q8_0/Q4_0. The arguments are named records (``LayerWeights``, ``DecodeConstants``: namedtuples, which Numba
-compiles like tuples with field names).
+Q8_0/Q4_0, and the token embedding float32 or F16 (read as F16 by ``f16_matvec``, see kernels/f16.py). The
+arguments are named records (``LayerWeights``, ``DecodeConstants``: namedtuples, which Numba compiles like tuples
+with field names).
 
 Compiled code is cached on disk in a folder keyed by a hash of every source file (see kernels/__init__.py), so an
 edit to any of them, here or in the reference modules, is picked up by the next run.
@@ -42,6 +43,7 @@ from ..model import LAYER_TENSORS
 from ..quant import QuantizedTensor
 from .attention_kernels import key_scores, pattern_code, visible_slots, weighted_values
 from .blocks import FASTMATH, SERIAL, n_chunks
+from .f16 import f16_to_f32
 from .quant_kernels import q4_0_matmul, q8_0_matmul
 
 # Threads. A parallel region costs microseconds to start, and right after a prefill OpenBLAS's idle threads spin
@@ -301,13 +303,53 @@ def geglu(a, b, exp_m2z):
         a[f] = a[f] / (float32(1) + exp_m2z[f]) * b[f]
 
 
+# ---- the unembedding ------------------------------------------------------------------------------------------------
+# An F16 weight (the token embedding of F16, Q8_0 and Q4_0 files, which load_gguf(mmap=True) keeps F16) reaches
+# compiled code as its uint16 bits (Numba has no float16); each weight is widened where it is read (f16.py).
+@njit(cache=True, fastmath=FASTMATH)
+def _f16_rows(x, w, out, r0, r1):
+    """out[0, r] = w[r] · x[0] for rows r0..r1-1 of F16 bits w; float32 products, vectorized with VCVTPH2PS."""
+    for r in range(r0, r1):
+        acc = float32(0)
+        for k in range(x.shape[1]):
+            acc += f16_to_f32(w[r, k]) * x[0, k]
+        out[0, r] = acc
+
+
+@njit(cache=True, fastmath=FASTMATH, parallel=True)
+def f16_matvec(x, w, out, min_weights):
+    """out (1, R) = x (1, K) @ W.T for W (R, K) float16 given as its bits w (uint16): W.astype(float32) products,
+    as layers.linear computes them. Rows split over threads in blocks of >= min_weights weights, as f32_matvec."""
+    R, K = w.shape
+    chunks = n_chunks(R, K, min_weights)
+    if chunks == 1:
+        _f16_rows(x, w, out, 0, R)
+    else:
+        for c in prange(chunks):
+            _f16_rows(x, w, out, c * R // chunks, (c + 1) * R // chunks)
+
+
+def unembed(w, x, out, min_weights):
+    """out (1, vocab_size) = x (1, d_model) @ E.T for the token embedding E in kernel form: float32, or float16 as
+    its uint16 bits (compiled code only; see the overload)."""
+    raise NotImplementedError("unembed runs inside Numba-compiled functions only")
+
+
+@overload(unembed)
+def _unembed_for(w, x, out, min_weights):
+    if w.dtype == types.uint16:
+        return lambda w, x, out, min_weights: f16_matvec(x, w, out, min_weights)
+    return lambda w, x, out, min_weights: matvec(w, x, out, min_weights)
+
+
 @njit(cache=True)
 def final_logits(x, output_norm, token_embd, eps, multiplier, min_par):
-    """(1, vocab_size) = multiplier * (final RMSNorm(x) @ token_embd.T): the tied unembedding."""
+    """(1, vocab_size) = multiplier * (final RMSNorm(x) @ token_embd.T): the tied unembedding. token_embd
+    (vocab_size, d_model) in kernel form: float32, or F16 as its uint16 bits (kernel_embedding)."""
     h = np.empty_like(x)  # (1, d_model)
     _rms_norm(x, output_norm, eps, h)
     logits = np.empty((1, token_embd.shape[0]), np.float32)  # (1, vocab_size)
-    matvec(token_embd, h, logits, min_par)
+    unembed(token_embd, h, logits, min_par)
     return logits * float32(multiplier)
 
 
@@ -322,8 +364,20 @@ def kernel_weight(w):
     return None
 
 
+def kernel_embedding(w):
+    """The token embedding as final_logits takes it: a C-contiguous float32 array as is, a float16 one (an F16
+    embedding loaded with load_gguf(mmap=True)) as its uint16 bits; None for anything else (the NumPy path)."""
+    if not isinstance(w, np.ndarray) or not w.flags.c_contiguous:
+        return None
+    if w.dtype == np.float16:
+        return w.view(np.uint16)  # (vocab_size, d_model), the same memory
+    return w if w.dtype == np.float32 else None
+
+
 _FLOAT_ONLY = {"attn_norm", "attn_output_norm", "ffn_norm", "ffn_gate_inp", "layer_output_norm"}  # not quantized
 _last: list = [None, None]  # [the weights kernel_weights last looked at, its answer]: one per generation, not step
+# What a decode step reads, in kernel form: per layer its LayerWeights, matvec's min_weights, the token embedding.
+DecodeWeights = namedtuple("DecodeWeights", ["layers", "min_weights", "token_embd"])
 
 
 @functools.lru_cache
@@ -333,25 +387,28 @@ def _weight_names(n_layers: int) -> list[str]:
     return [*layers, "token_embd.weight", "output_norm.weight"]
 
 
-def kernel_weights(params: dict, config: ModelConfig) -> tuple[list[LayerWeights], int] | None:
-    """(per layer its LayerWeights in kernel form (see kernel_weight), min_weights for matvec), or None if a weight
-    has no kernel. Norms, the router and the token embedding must be float32 arrays; projections and experts
-    float32 or Q8_0/Q4_0. The answer for the same weight objects is remembered (checking costs microseconds)."""
+def kernel_weights(params: dict, config: ModelConfig) -> DecodeWeights | None:
+    """DecodeWeights (per layer its LayerWeights in kernel form (see kernel_weight), min_weights for matvec, the
+    token embedding as kernel_embedding gives it), or None if a weight has no kernel. Norms and the router must be
+    float32 arrays; projections and experts float32 or Q8_0/Q4_0; the token embedding float32 or float16. The
+    answer for the same weight objects is remembered (checking costs microseconds)."""
     objects = [params[n] for n in _weight_names(config.n_layers)]
     if _last[0] is None or len(_last[0]) != len(objects) or not all(map(operator.is_, _last[0], objects)):
         _last[:] = objects, _kernel_weights(objects, config)
     return _last[1]
 
 
-def _kernel_weights(objects: list, config: ModelConfig) -> tuple[list[LayerWeights], int] | None:
+def _kernel_weights(objects: list, config: ModelConfig) -> DecodeWeights | None:
     n = len(LAYER_TENSORS)
-    converted = [kernel_weight(w) for w in objects]
-    if any(w is None for w in converted) or any(isinstance(w, tuple) for w in converted[-2:]):  # embd, final norm
+    converted = [kernel_weight(w) for w in objects[:-2]]
+    embd, norm = kernel_embedding(objects[-2]), kernel_weight(objects[-1])
+    if any(w is None for w in converted) or embd is None or not isinstance(norm, np.ndarray):
         return None
     layers = [LayerWeights(*converted[i * n : (i + 1) * n]) for i in range(config.n_layers)]
     if any(isinstance(getattr(layer, name), tuple) for layer in layers for name in _FLOAT_ONLY):
         return None
-    return layers, (PARALLEL_BLOCK if config.n_active_params() >= THREADED_MODEL_WEIGHTS else SERIAL)
+    min_weights = PARALLEL_BLOCK if config.n_active_params() >= THREADED_MODEL_WEIGHTS else SERIAL
+    return DecodeWeights(layers, min_weights, embd)
 
 
 def decode_step(params: dict, config: ModelConfig, token: int, cache: KVCache, step: CacheStep, weights) -> np.ndarray:
@@ -361,7 +418,7 @@ def decode_step(params: dict, config: ModelConfig, token: int, cache: KVCache, s
     step = cache.begin(1) (a write-first step; the caller commits it); weights = kernel_weights(params, config).
     The same computation as model.forward on (1, 1) tokens, to float32 rounding (tests/test_decode_kernels.py).
     """
-    layers, min_par = weights
+    layers, min_par, embd = weights
     position = int(step.positions[0])
     cos, sin = rope_tables([position], config.head_dim, config.rope_theta)  # (1, hd / 2) each
     sink_pos = sink_query_positions(config.pattern, step.positions)  # (1,) or None
@@ -370,9 +427,10 @@ def decode_step(params: dict, config: ModelConfig, token: int, cache: KVCache, s
     idx, sink = visible_slots(k_pos, position, pattern_code(config.pattern))  # (n,), (n,)
     slot = int(step.slots[0])
     c = decode_constants(config)
-    x = params["token_embd.weight"][token][None] * np.float32(config.embedding_multiplier)  # (1, d_model)
+    row = params["token_embd.weight"][token].astype(np.float32)  # (d_model,): an F16 row widened exactly
+    x = row[None] * np.float32(config.embedding_multiplier)  # (1, d_model)
     for i, w in enumerate(layers):
         decode_layer(x, w, c, cos[0], sin[0], cos_s[0], sin_s[0], cache.k[i], cache.v[i], slot, idx, sink, min_par)
-    embd, norm = params["token_embd.weight"], params["output_norm.weight"]
+    norm = params["output_norm.weight"]
     logits = final_logits(x, norm, embd, c.rms_eps, config.output_multiplier, min_par)  # (1, vocab_size)
     return logits[0]  # (vocab_size,)
