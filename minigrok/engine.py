@@ -10,6 +10,12 @@ minigrok.kernels; the kernels import them and are tied to them by tests. ``gener
 - everything else (a prefill, an evaluation window, a batch, float64 weights): ``model.forward`` itself, with the
   Q8_0/Q4_0 weights' products in the Numba kernels (``CompiledQuantizedTensor``) instead of NumPy.
 
+Threads: a model below ``THREADED_MODEL_WEIGHTS`` active weights per token (the shipped one) runs its prefill's
+float products with one BLAS thread. Its many small BLAS calls gained 1.35x from a second thread on an idle
+2-core machine, but on a busy one OpenBLAS's threads, which spin-wait for each other between calls, made a
+101-token prefill 20-60x slower (23-76 tok/s against 1,413 with one thread), and after a prefill they keep
+spinning while the decode steps run. ``threadpoolctl`` sets the BLAS library's threads for the duration.
+
 ``compiled=False`` runs ``model.forward`` unchanged: the twin the compiled path is tested against
 (tests/test_decode_kernels.py) and the minigrok-numpy row of the bench. Both paths read and write the same KVCache.
 Importing this module loads Numba and the compiled kernels (from Numba's on-disk cache after the first run).
@@ -17,15 +23,27 @@ Importing this module loads Numba and the compiled kernels (from Numba's on-disk
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
+from threadpoolctl import ThreadpoolController
 
 from . import model
 from .attention import KVCache
 from .config import ModelConfig
 from .kernels import compiling
-from .kernels.decode import decode_step, kernel_weights
+from .kernels.decode import THREADED_MODEL_WEIGHTS, decode_step, kernel_weights
 from .kernels.quant_kernels import CompiledQuantizedTensor
 from .quant import QuantizedTensor
+
+_blas = ThreadpoolController()  # the BLAS library NumPy loaded (scanning the process for it takes ~1 ms: once)
+
+
+def blas_threads(config: ModelConfig):
+    """A context in which BLAS runs on one thread if the model is small (see above); else as configured."""
+    if config.n_active_params() >= THREADED_MODEL_WEIGHTS:
+        return contextlib.nullcontext()
+    return _blas.limit(limits=1, user_api="blas")
 
 
 def compiled_params(params: dict) -> dict:
@@ -46,7 +64,8 @@ def forward(
     tokens = np.asarray(tokens)
     weights = kernel_weights(params, config) if cache is not None and tokens.shape == (1, 1) else None
     if weights is None:
-        return model.forward(compiled_params(params), config, tokens, cache)
+        with blas_threads(config):
+            return model.forward(compiled_params(params), config, tokens, cache)
     model.check_inputs(config, tokens, cache)
     step = cache.begin(1)  # raises if the token does not fit
     logits = decode_step(params, config, int(tokens[0, 0]), cache, step, weights)  # (vocab_size,)

@@ -219,7 +219,10 @@ class CompiledQuantizedTensor(QuantizedTensor):
         return quantized_linear(x, self, matmul, dequantize_rows)
 
 
-PREFILL_BLOCK = 1 << 22  # weights x tokens per thread block for the products of many tokens (VNNI path)
+# Threads for the products of many tokens (VNNI path): only big ones, at least PREFILL_BLOCK weights x tokens per
+# thread (~0.6 ms of work), as for decoding (kernels/decode.py): the shipped model's products (256 x 256 weights,
+# 128 tokens) stay on one thread, whose prefill a busy machine slowed 10x with two.
+PREFILL_BLOCK = 1 << 25
 
 
 def _prefill_matmul(x: np.ndarray, w: QuantizedTensor) -> np.ndarray:
