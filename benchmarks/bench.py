@@ -277,13 +277,14 @@ def markdown(report: dict) -> str:
         llama = f"llama-cpp-python {m['llama_cpp_python']} (extra buffer types, i.e. weight repacking, {repack})"
     elif m.get("llama_cpp_python"):  # results written before the bench recorded llama.cpp's configuration
         llama = f"llama-cpp-python {m['llama_cpp_python']}"
+    threads = f"{m['threads']} thread{'s' if m['threads'] != 1 else ''}"
     lines = [
         f"Machine: {m['cpu']} ({m.get('cpu_kind', '?')}), {m['cores']} cores ({', '.join(m['simd'])}), "
-        f"{m['ram_gb']} GB RAM; {m['threads']} threads; minigrok's integer kernels: {m.get('integer_dot', '?')}; "
+        f"{m['ram_gb']} GB RAM; {threads}; minigrok's integer kernels: {m.get('integer_dot', '?')}; "
         f"Python {m['python']}, NumPy {m['numpy']}, Numba {m['numba']}, {llama}; {m['date']}.",
         f"Command: `{report['command']}`",
         f"Memory bandwidth: {bw['bandwidth_gb_s']:.1f} GB/s (NumPy sum, 1 thread: {bw['sum_gb_s']:.1f} GB/s; "
-        f"matrix-vector, {m['threads']} threads: {bw['matvec_gb_s']:.1f} GB/s).",
+        f"matrix-vector, {threads}: {bw['matvec_gb_s']:.1f} GB/s).",
         "",
         "| model | type | engine | prefill tok/s | decode tok/s | time to 1st token s | start to 1st token s "
         "| peak RSS MB | decode / llama.cpp | prefill / llama.cpp | decode / naive | bound tok/s | decode / bound |",

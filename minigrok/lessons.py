@@ -9,7 +9,7 @@ and ``nbgrader autograde`` on them as they are.
 This command does the part a student needs without an nbgrader course directory: it runs nbgrader's own
 ``ClearSolutions`` (each solution becomes ``raise NotImplementedError()`` under the function's signature and
 docstring) and ``ClearOutput`` preprocessors over every notebook and writes the results to DIR. nbgrader is an
-optional dependency: ``pip install "minigrok[course]"``.
+optional dependency: ``pip install -e ".[course]"``.
 
 Some lessons read the repository's measurements (``benchmarks/*.json``, ``benchmarks/bench.py``), found from the
 notebook's own folder (``REPO = Path.cwd().parent ...``). In the student edition that line names the repository the
@@ -23,7 +23,7 @@ import re
 import sys
 from pathlib import Path
 
-INSTALL_HINT = 'the lessons command needs nbgrader; install it with: pip install "minigrok[course]"'
+INSTALL_HINT = 'the lessons command needs nbgrader; install it with: pip install -e ".[course]"'
 # the line by which a lesson finds the repository from its own folder (lessons/)
 REPO_LINE = re.compile(
     r'^(\w+) = Path\.cwd\(\)\.parent if Path\.cwd\(\)\.name == "lessons" else Path\.cwd\(\).*$', re.M

@@ -450,7 +450,7 @@ def test_cli_without_nbgrader_says_how_to_install(tmp_path, capsys, monkeypatch)
     monkeypatch.setitem(sys.modules, "nbgrader.preprocessors", None)  # makes the import raise ImportError
     assert cli.main(["lessons", "--student", str(tmp_path / "s")]) == 1
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith("minigrok: error:") and 'pip install "minigrok[course]"' in err
+    assert err.count("\n") == 1 and err.startswith("minigrok: error:") and 'pip install -e ".[course]"' in err
     assert not (tmp_path / "s").exists()
 
 
