@@ -209,14 +209,15 @@ def _init_from(path: str, config: ModelConfig) -> dict:
 
 def _check_fits(cfg: TrainConfig, config: ModelConfig, n_train: int, n_val: int) -> None:
     """Refuse, before any work, a run whose windows do not fit the data or whose attention activations do not fit
-    in memory: float32 probabilities (batch, n_heads, T, T) kept for every layer, plus a few temporaries."""
+    in memory: float32 probabilities and soft-cap slopes (batch, n_heads, T, T) kept for every layer, plus a few
+    temporaries."""
     T = config.context_length
     if min(n_train, n_val) < T + 2:
         raise ValueError(
             f"context_length {T} needs at least {T + 2} tokens per split; the data has {n_train} train "
             f"and {n_val} val tokens: use a shorter context_length or more text"
         )
-    need = 4 * cfg.batch_size * config.n_heads * T * T * (config.n_layers + 3)  # bytes
+    need = 4 * cfg.batch_size * config.n_heads * T * T * (2 * config.n_layers + 3)  # bytes
     have = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     if need > 0.8 * have:
         raise ValueError(
