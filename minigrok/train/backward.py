@@ -14,7 +14,7 @@ import numpy as np
 
 from ..attention import MASKED, pattern_mask, sink_query_positions, split_heads
 from ..config import ModelConfig
-from ..layers import SQRT_2_OVER_PI, apply_rope, linear, rms_norm, root_mean_square, rope_tables, softmax
+from ..layers import SQRT_2_OVER_PI, apply_rope, linear, root_mean_square, rope_tables, softmax
 from ..model import layer_params
 from ..moe import route
 
@@ -28,14 +28,22 @@ def linear_backward(dy: np.ndarray, x: np.ndarray, w: np.ndarray):
     return dx, dw
 
 
-def rms_norm_backward(dy: np.ndarray, x: np.ndarray, weight: np.ndarray, eps: float):
+def rms_norm_train(x: np.ndarray, weight: np.ndarray, eps: float):
+    """layers.rms_norm (the same ops), also returning the rms (..., 1) so the backward need not sum it again."""
+    rms = root_mean_square(x, eps)  # (..., 1)
+    return weight * (x / rms), rms  # (..., d), (..., 1)
+
+
+def rms_norm_backward(dy: np.ndarray, x: np.ndarray, weight: np.ndarray, eps: float, rms: np.ndarray | None = None):
     """y = w * x̂ with x̂ = x / rms, rms = sqrt(mean(x²) + eps). Returns dx (..., d), dweight (d,).
 
     dx = (g - x̂ * mean(g * x̂)) / rms where g = dy * w (the quotient rule on x / rms(x)). Written with x̂,
     which is at most sqrt(d) in size, rather than with x and 1/rms², so no product overflows or underflows
-    float32 for any finite x (the rms is summed in float64, as in layers.rms_norm).
+    float32 for any finite x (the rms is summed in float64, as in layers.rms_norm). rms (..., 1): the forward's
+    (rms_norm_train), or it is recomputed.
     """
-    rms = root_mean_square(x, eps)  # (..., 1)
+    if rms is None:
+        rms = root_mean_square(x, eps)  # (..., 1)
     x_hat = x / rms  # (..., d)
     g = dy * weight  # (..., d)
     dx = (g - x_hat * np.mean(g * x_hat, axis=-1, keepdims=True)) / rms  # (..., d)
@@ -331,19 +339,22 @@ def loss_and_grads(
     for i in range(config.n_layers):
         p = layer_params(params, i)
         x_in = x
-        h = rms_norm(x, p["attn_norm"], eps)
+        h, rms_in = rms_norm_train(x, p["attn_norm"], eps)
         a, att_saved = attention_forward(h, p["attn_q"], p["attn_k"], p["attn_v"], p["attn_output"], cos, sin, config)
-        x = x + rms_norm(a, p["attn_output_norm"], eps)
+        a_normed, rms_a = rms_norm_train(a, p["attn_output_norm"], eps)
+        x = x + a_normed
         x_mid = x
-        h2 = rms_norm(x, p["ffn_norm"], eps).reshape(B * T, -1)  # (B*T, d_model)
+        h2, rms_mid = rms_norm_train(x, p["ffn_norm"], eps)
+        h2 = h2.reshape(B * T, -1)  # (B*T, d_model)
         m, moe_saved = moe_forward(
             h2, p["ffn_gate_inp"], p["ffn_gate_exps"], p["ffn_up_exps"], p["ffn_down_exps"], config
         )
         m = m.reshape(B, T, -1)
-        x = x + rms_norm(m, p["layer_output_norm"], eps)
-        tape.append((x_in, h, a, x_mid, h2, m, att_saved, moe_saved))
+        m_normed, rms_m = rms_norm_train(m, p["layer_output_norm"], eps)
+        x = x + m_normed
+        tape.append((x_in, rms_in, a, rms_a, x_mid, rms_mid, m, rms_m, att_saved, moe_saved))
     x_final = x
-    xf = rms_norm(x, params["output_norm.weight"], eps)  # (B, T, d_model)
+    xf, rms_final = rms_norm_train(x, params["output_norm.weight"], eps)  # (B, T, d_model)
     xf_scaled = xf * np.float32(config.output_multiplier)  # (B, T, d_model): scaled here, not the (B, T, V) logits
     logits = linear(xf_scaled, emb)  # (B, T, V)
     ce, dlogits = cross_entropy(logits.reshape(B * T, -1), targets.reshape(-1))
@@ -353,14 +364,14 @@ def loss_and_grads(
     dxf_scaled, demb = linear_backward(dlogits.reshape(B, T, -1), xf_scaled, emb)
     dxf = dxf_scaled * np.float32(config.output_multiplier)  # (B, T, d_model)
     del dlogits
-    dx, grads["output_norm.weight"] = rms_norm_backward(dxf, x_final, params["output_norm.weight"], eps)
+    dx, grads["output_norm.weight"] = rms_norm_backward(dxf, x_final, params["output_norm.weight"], eps, rms_final)
 
     aux_total = z_total = 0.0
     load = np.zeros((config.n_layers, config.num_experts), np.float32)
     for i in reversed(range(config.n_layers)):
         p = layer_params(params, i)
         g = {}  # this layer's gradients, by short name
-        x_in, h, a, x_mid, h2, m, att_saved, moe_saved = tape.pop()
+        x_in, rms_in, a, rms_a, x_mid, rms_mid, m, rms_m, att_saved, moe_saved = tape.pop()
         _, expert_ids, _, probs, router_logits, _ = moe_saved
         aux, dprobs_aux = load_balancing_loss(probs, expert_ids, config.num_experts)
         z, dlogits_z = router_z_loss(router_logits)
@@ -368,7 +379,7 @@ def loss_and_grads(
         z_total += z
         load[i] = np.bincount(expert_ids.ravel(), minlength=config.num_experts) / expert_ids.size
         # x = x_mid + norm(m)
-        dm, g["layer_output_norm"] = rms_norm_backward(dx, m, p["layer_output_norm"], eps)
+        dm, g["layer_output_norm"] = rms_norm_backward(dx, m, p["layer_output_norm"], eps, rms_m)
         dh2, (dwr, dwg, dwu, dwd) = moe_backward(
             dm.reshape(B * T, -1),
             moe_saved,
@@ -382,10 +393,10 @@ def loss_and_grads(
         )
         g["ffn_gate_inp"], g["ffn_gate_exps"] = dwr, dwg
         g["ffn_up_exps"], g["ffn_down_exps"] = dwu, dwd
-        dx_mid, g["ffn_norm"] = rms_norm_backward(dh2.reshape(B, T, -1), x_mid, p["ffn_norm"], eps)
+        dx_mid, g["ffn_norm"] = rms_norm_backward(dh2.reshape(B, T, -1), x_mid, p["ffn_norm"], eps, rms_mid)
         dx = dx + dx_mid
         # x_mid = x_in + norm(a)
-        da, g["attn_output_norm"] = rms_norm_backward(dx, a, p["attn_output_norm"], eps)
+        da, g["attn_output_norm"] = rms_norm_backward(dx, a, p["attn_output_norm"], eps, rms_a)
         dh, (dwq, dwk, dwv, dwo) = attention_backward(
             da, att_saved, p["attn_q"], p["attn_k"], p["attn_v"], p["attn_output"], cos, sin, config
         )
@@ -395,7 +406,7 @@ def loss_and_grads(
             dwv,
             dwo,
         )
-        dx_in, g["attn_norm"] = rms_norm_backward(dh, x_in, p["attn_norm"], eps)
+        dx_in, g["attn_norm"] = rms_norm_backward(dh, x_in, p["attn_norm"], eps, rms_in)
         dx = dx + dx_in
         grads.update({f"blk.{i}.{n}.weight": v for n, v in g.items()})
 
