@@ -10,6 +10,9 @@ minigrok.model.forward, which a test ties to it), then walks the layers backward
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 
 from ..attention import MASKED, pattern_mask, sink_query_positions, split_heads
@@ -172,6 +175,18 @@ def attend_backward(dout, q, k, v, probs, multiplier: float, cap: float, out_sta
     return unstack_heads(dq, T), dk, dv
 
 
+# The attention core runs on chunks of this many sequences. Sequences attend independently, so the chunks can run
+# at once on two threads (NumPy lets go of Python's lock inside its loops and BLAS calls), which puts the softmax
+# and soft-cap passes, one core's work otherwise, on every core; and a chunk's (chunk, heads, T, T) temporaries
+# stay in the CPU's cache. Chunks are joined in order, so the result does not depend on which thread ran which.
+ATTENTION_CHUNK = 4
+_threads = ThreadPoolExecutor(max_workers=min(2, os.cpu_count() or 1))
+
+
+def _sequence_chunks(B: int) -> list[slice]:
+    return [slice(b, min(b + ATTENTION_CHUNK, B)) for b in range(0, B, ATTENTION_CHUNK)]
+
+
 def attention_forward(x, wq, wk, wv, wo, cos, sin, config: ModelConfig):
     """Training forward of one attention block over positions 0..T-1 under config.pattern (dense: causal);
     returns (y (B, T, d_model), saved). Raises ValueError for a sinks pattern whose sinks need moved query positions.
@@ -192,20 +207,28 @@ def attention_forward(x, wq, wk, wv, wo, cos, sin, config: ModelConfig):
             "window:W, or with S + W >= the context length"
         )
     mask = pattern_mask(config.pattern, positions, positions)  # (T, T): the model's mask (dense: causal)
-    out, probs, out_stacked, slope = attend_train(
-        q, k, v, mask, config.attention_multiplier, config.attn_logit_softcap
-    )  # (B, T, n_heads, hd), (B, n_kv, group, T, S), (B, n_kv, group*T, hd), slope like probs (or a scalar)
-    o = out.reshape(B, T, -1)  # (B, T, n_heads*hd)
-    return linear(o, wo), (x, q, k, v, probs, o, out_stacked, slope)
+
+    def core(s: slice):  # out (b, T, n_heads, hd), probs (b, n_kv, group, T, S), out_stacked, slope
+        return attend_train(q[s], k[s], v[s], mask, config.attention_multiplier, config.attn_logit_softcap)
+
+    chunks = list(_threads.map(core, _sequence_chunks(B)))  # per chunk: (out, probs, out_stacked, slope)
+    o = np.concatenate([c[0] for c in chunks]).reshape(B, T, -1)  # (B, T, n_heads*hd)
+    return linear(o, wo), (x, q, k, v, o, [c[1:] for c in chunks])
 
 
 def attention_backward(dy, saved, wq, wk, wv, wo, cos, sin, config: ModelConfig):
     """Backward of attention_forward. Returns dx (B, T, d_model) and (dwq, dwk, dwv, dwo)."""
-    x, q, k, v, probs, o, out_stacked, slope = saved
+    x, q, k, v, o, chunks = saved
     B, T, _ = x.shape
     do, dwo = linear_backward(dy, o, wo)  # (B, T, n_heads*hd)
+    do = do.reshape(q.shape)  # (B, T, n_heads, hd)
     m, cap = config.attention_multiplier, config.attn_logit_softcap
-    dq, dk, dv = attend_backward(do.reshape(q.shape), q, k, v, probs, m, cap, out_stacked, slope)
+
+    def core(s: slice, kept):  # kept: this chunk's (probs, out_stacked, slope) from the forward
+        return attend_backward(do[s], q[s], k[s], v[s], kept[0], m, cap, kept[1], kept[2])
+
+    grads = list(_threads.map(core, _sequence_chunks(B), chunks))  # per chunk: (dq, dk, dv)
+    dq, dk, dv = (np.concatenate([g[i] for g in grads]) for i in range(3))  # (B, T, H, hd), (B, n_kv, S, hd) x 2
     dq = rope_backward(dq, cos, sin).reshape(B, T, -1)  # (B, T, n_heads*hd)
     dk = rope_backward(dk.transpose(0, 2, 1, 3), cos, sin).reshape(B, T, -1)  # (B, T, n_kv*hd)
     dv = dv.transpose(0, 2, 1, 3).reshape(B, T, -1)  # (B, T, n_kv*hd)
