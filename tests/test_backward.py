@@ -241,3 +241,18 @@ def test_whole_model_gradient(renormalize):
             minus = bw.loss_and_grads(params, config, tokens, targets, 0.01, 0.001)[0]
             flat[i] = old
             assert_close(np.array((plus - minus) / 2e-6), grads[name].reshape(-1)[i], tol=1e-4)
+
+
+def test_attention_chunks_change_nothing(monkeypatch):
+    # the attention core runs per chunk of sequences (on two threads): any chunking gives the same loss and gradients
+    config = tiny_config()
+    params = f64_params(config, 5)
+    r = rng_for(6)
+    tokens, targets = r.integers(0, 23, (5, 8)), r.integers(0, 23, (5, 8))
+    monkeypatch.setattr(bw, "ATTENTION_CHUNK", 100)
+    loss, grads, _ = bw.loss_and_grads(params, config, tokens, targets, 0.01, 0.001)
+    monkeypatch.setattr(bw, "ATTENTION_CHUNK", 2)  # chunks of 2, 2 and 1 sequences
+    loss_chunked, grads_chunked, _ = bw.loss_and_grads(params, config, tokens, targets, 0.01, 0.001)
+    assert loss_chunked == pytest.approx(loss, rel=1e-13)
+    for name in params:
+        np.testing.assert_allclose(grads_chunked[name], grads[name], rtol=1e-10, atol=1e-12, err_msg=name)
