@@ -116,7 +116,7 @@ def attend_train(q, k, v, mask, multiplier: float, cap: float):
     out_stacked (B, n_kv, group*T, hd) and slope, d(logit)/d(q·k): multiplier·(1 - tanh²) (B, n_kv, group, T, S)
     with the soft-cap, else the scalar multiplier. The large (.., T, S) arrays are updated in place (each pass
     over them costs as much as the matmuls that make them), and the soft-capped logits lie within ±cap, so the
-    softmax needs no max subtracted while exp(cap) fits float32.
+    softmax needs no max subtracted while a row sum of exp(cap) fits float32 (cap <= 60: e^60 ≈ 1e26).
     """
     B, T, n_heads, hd = q.shape
     n_kv, S = k.shape[1], k.shape[2]
@@ -132,7 +132,7 @@ def attend_train(q, k, v, mask, multiplier: float, cap: float):
     else:
         logits, slope = scores * np.float32(multiplier), multiplier
     np.copyto(logits, MASKED, where=~mask)  # exp -> 0
-    if not 0 < cap < 80:  # unbounded logits: subtract the row max, as layers.softmax does
+    if not 0 < cap <= 60:  # unbounded logits: subtract the row max, as layers.softmax does
         logits -= np.max(logits, axis=-1, keepdims=True)
     probs = np.exp(logits, out=logits)  # (B, n_kv, group, T, S)
     probs *= 1 / np.sum(probs, axis=-1, keepdims=True)
