@@ -176,11 +176,25 @@ def attend_backward(dout, q, k, v, probs, multiplier: float, cap: float, out_sta
 
 
 # The attention core runs on chunks of this many sequences. Sequences attend independently, so the chunks can run
-# at once on two threads (NumPy lets go of Python's lock inside its loops and BLAS calls), which puts the softmax
-# and soft-cap passes, one core's work otherwise, on every core; and a chunk's (chunk, heads, T, T) temporaries
-# stay in the CPU's cache. Chunks are joined in order, so the result does not depend on which thread ran which.
+# at once on two threads (NumPy lets go of Python's lock inside its loops and BLAS calls; two because that is all
+# it was measured on), which puts the softmax and soft-cap passes, one core's work otherwise, on both cores; and
+# a chunk's (chunk, heads, T, T) temporaries stay in the CPU's cache. Chunks are joined in order, so the result
+# does not depend on which thread ran which.
 ATTENTION_CHUNK = 4
-_threads = ThreadPoolExecutor(max_workers=min(2, os.cpu_count() or 1))
+
+
+def blas_threads() -> int:
+    """Threads NumPy's BLAS uses: OpenBLAS reads OPENBLAS_NUM_THREADS (else OMP_NUM_THREADS) once, when NumPy is
+    imported, and uses every core when neither is set. Set it before starting Python to choose, e.g.
+    ``OPENBLAS_NUM_THREADS=1 python -m minigrok train ...``."""
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS"):
+        value = os.environ.get(var, "")
+        if value.isdigit() and int(value) > 0:
+            return int(value)
+    return os.cpu_count() or 1
+
+
+_threads = ThreadPoolExecutor(max_workers=min(2, blas_threads()))  # one when BLAS is told to use one core
 
 
 def _sequence_chunks(B: int) -> list[slice]:

@@ -39,7 +39,7 @@ from ..evaluate import token_nats
 from ..fileio import atomic_write
 from ..model import forward, init_params
 from ..tokenizer import Tokenizer
-from .backward import loss_and_grads
+from .backward import blas_threads, loss_and_grads
 from .optim import AdamW, clip_grad_norm, lr_at
 
 # A run stops once this many steps in a row had non-finite gradients: the weights are not going to recover.
@@ -133,17 +133,6 @@ def model_flops_per_token(config: ModelConfig) -> float:
     active = config.n_active_params()  # the tied matrix once: as the unembedding
     attn = 6 * config.n_layers * config.context_length * config.n_heads * config.head_dim
     return 6.0 * active + attn
-
-
-def blas_threads() -> int:
-    """Threads NumPy's BLAS uses: OpenBLAS reads OPENBLAS_NUM_THREADS (else OMP_NUM_THREADS) once, when NumPy is
-    imported, and uses every core when neither is set. Set it before starting Python to choose, e.g.
-    ``OPENBLAS_NUM_THREADS=1 python -m minigrok train ...``."""
-    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS"):
-        value = os.environ.get(var, "")
-        if value.isdigit() and int(value) > 0:
-            return int(value)
-    return os.cpu_count() or 1
 
 
 def measure_matmul_gflops(n: int = 1024, seconds: float = 1.0) -> float:
