@@ -115,6 +115,47 @@ def test_attend(seed, T, heads, cap):
     assert_close(numeric_grad(f, v), dv)
 
 
+@settings(max_examples=15, deadline=None)
+@given(seeds, st.integers(1, 5), st.sampled_from([(2, 2), (4, 2), (4, 1)]), st.sampled_from([0.0, 2.0, 30.0, 100.0]))
+def test_attend_train_and_its_saved_backward(seed, T, heads, cap):
+    # the training forward gives attend's outputs; the backward from its saved out and slope (the row sum taken as
+    # do·out, FlashAttention's D) gives the finite-difference gradients. cap 100: logits may pass exp's float32
+    # range, so the row max is subtracted
+    n_heads, n_kv = heads
+    r = rng_for(seed)
+    q, c = 3 * r.standard_normal((2, T, n_heads, 4)), r.standard_normal((2, T, n_heads, 4))
+    k, v = 3 * r.standard_normal((2, n_kv, T, 4)), r.standard_normal((2, n_kv, T, 4))
+    mask = causal_mask(T, T, 0)
+    out, probs = attend(q, k, v, mask, 0.7, cap)
+    out_t, probs_t, out_stacked, slope = bw.attend_train(q, k, v, mask, 0.7, cap)
+    np.testing.assert_allclose(out_t, out, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(probs_t, probs, rtol=1e-12, atol=1e-14)
+    dq, dk, dv = bw.attend_backward(c, q, k, v, probs_t, 0.7, cap, out_stacked, slope)
+
+    def f():
+        return np.sum(c * attend(q, k, v, mask, 0.7, cap)[0])
+
+    assert_close(numeric_grad(f, q), dq)
+    assert_close(numeric_grad(f, k), dk)
+    assert_close(numeric_grad(f, v), dv)
+
+
+def test_attend_train_float32_long_rows():
+    # float32, a causal mask over 64 positions with large scores: the same probabilities as attend, rows summing to 1
+    r = rng_for(0)
+    q = (4 * r.standard_normal((1, 64, 4, 8))).astype(np.float32)
+    k, v = (4 * r.standard_normal((2, 1, 2, 64, 8))).astype(np.float32)
+    mask = causal_mask(64, 64, 0)
+    for cap in (0.0, 30.0):
+        out, probs = attend(q, k, v, mask, 0.5, cap)
+        out_t, probs_t, _, _ = bw.attend_train(q, k, v, mask, 0.5, cap)
+        assert probs_t.dtype == np.float32 and out_t.dtype == np.float32
+        np.testing.assert_allclose(probs_t, probs, rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(out_t, out, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(np.sum(probs_t, axis=-1), 1.0, rtol=1e-5)
+        assert np.all(probs_t[..., ~mask] == 0)
+
+
 def tiny_config(**kw):
     base = dict(
         vocab_size=23,
@@ -200,3 +241,18 @@ def test_whole_model_gradient(renormalize):
             minus = bw.loss_and_grads(params, config, tokens, targets, 0.01, 0.001)[0]
             flat[i] = old
             assert_close(np.array((plus - minus) / 2e-6), grads[name].reshape(-1)[i], tol=1e-4)
+
+
+def test_attention_chunks_change_nothing(monkeypatch):
+    # the attention core runs per chunk of sequences (on two threads): any chunking gives the same loss and gradients
+    config = tiny_config()
+    params = f64_params(config, 5)
+    r = rng_for(6)
+    tokens, targets = r.integers(0, 23, (5, 8)), r.integers(0, 23, (5, 8))
+    monkeypatch.setattr(bw, "ATTENTION_CHUNK", 100)
+    loss, grads, _ = bw.loss_and_grads(params, config, tokens, targets, 0.01, 0.001)
+    monkeypatch.setattr(bw, "ATTENTION_CHUNK", 2)  # chunks of 2, 2 and 1 sequences
+    loss_chunked, grads_chunked, _ = bw.loss_and_grads(params, config, tokens, targets, 0.01, 0.001)
+    assert loss_chunked == pytest.approx(loss, rel=1e-13)
+    for name in params:
+        np.testing.assert_allclose(grads_chunked[name], grads[name], rtol=1e-10, atol=1e-12, err_msg=name)

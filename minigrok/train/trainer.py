@@ -39,7 +39,7 @@ from ..evaluate import token_nats
 from ..fileio import atomic_write
 from ..model import forward, init_params
 from ..tokenizer import Tokenizer
-from .backward import loss_and_grads
+from .backward import blas_threads, loss_and_grads
 from .optim import AdamW, clip_grad_norm, lr_at
 
 # A run stops once this many steps in a row had non-finite gradients: the weights are not going to recover.
@@ -136,7 +136,8 @@ def model_flops_per_token(config: ModelConfig) -> float:
 
 
 def measure_matmul_gflops(n: int = 1024, seconds: float = 1.0) -> float:
-    """This machine's float32 matrix-multiply rate (GFLOP/s) on n×n products, with NumPy's BLAS as configured."""
+    """This machine's float32 matrix-multiply rate (GFLOP/s) on n×n products, with NumPy's BLAS as configured
+    (``blas_threads()`` threads): the denominator of the MFU the trainer logs."""
     a = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
     a @ a  # warm up
     count, start = 0, time.perf_counter()
@@ -197,14 +198,15 @@ def _init_from(path: str, config: ModelConfig) -> dict:
 
 def _check_fits(cfg: TrainConfig, config: ModelConfig, n_train: int, n_val: int) -> None:
     """Refuse, before any work, a run whose windows do not fit the data or whose attention activations do not fit
-    in memory: float32 probabilities (batch, n_heads, T, T) kept for every layer, plus a few temporaries."""
+    in memory: float32 probabilities and soft-cap slopes (batch, n_heads, T, T) kept for every layer, plus a few
+    temporaries."""
     T = config.context_length
     if min(n_train, n_val) < T + 2:
         raise ValueError(
             f"context_length {T} needs at least {T + 2} tokens per split; the data has {n_train} train "
             f"and {n_val} val tokens: use a shorter context_length or more text"
         )
-    need = 4 * cfg.batch_size * config.n_heads * T * T * (config.n_layers + 3)  # bytes
+    need = 4 * cfg.batch_size * config.n_heads * T * T * (2 * config.n_layers + 3)  # bytes
     have = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     if need > 0.8 * have:
         raise ValueError(
@@ -311,6 +313,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict
                 "train_tokens": len(train_tokens),
                 "val_tokens": len(val_tokens),
                 "matmul_gflops": matmul_gflops,
+                "blas_threads": blas_threads(),
                 "flops_per_token": flops_per_token,
             }
             log.write(json.dumps(header) + "\n")
@@ -321,6 +324,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict
             total=cfg.max_steps, initial=step, desc="train", unit="step", disable=not progress, dynamic_ncols=True
         )
         tok_per_s, last_val, in_a_row, saved_step = 0.0, float("nan"), 0, step
+        step_seconds, first_step = 0.0, step  # time in steps (no evaluation, no checkpoints), for the summary MFU
         stop_at = cfg.max_steps if cfg.stop_after is None else min(cfg.max_steps, cfg.stop_after)
         while step < stop_at and stop_signal[0] is None:
             t0 = time.perf_counter()
@@ -338,6 +342,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict
                 in_a_row += 1
             dt = time.perf_counter() - t0
             tok_per_s = x.size / dt
+            step_seconds += dt
             if in_a_row:
                 entry = {"step": step, "skipped": f"loss {loss}, gradient norm {grad_norm}", "skipped_total": skipped}
             else:
@@ -377,6 +382,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict
                 )
         bar.close()
         elapsed = elapsed_before + time.perf_counter() - start
+        step_tokens = (step - first_step) * cfg.batch_size * T
         if stop_signal[0] is not None and saved_step != step:  # stopped by a signal: keep every finished step
             _save_checkpoint(out, params, config, tokenizer, opt, step, tokens_seen, elapsed)
         if stop_signal[0] is not None and step < stop_at:
@@ -391,6 +397,9 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict
             "seconds": round(elapsed, 1),
             "tok_per_s": round(tokens_seen / max(elapsed, 1e-9), 1),
             "matmul_gflops": round(matmul_gflops, 1),
+            "blas_threads": blas_threads(),
+            # steps of this process only, against the matmul rate measured at its start with the same threads
+            "mfu": round(step_tokens / max(step_seconds, 1e-9) * flops_per_token / (matmul_gflops * 1e9), 4),
             "chars_per_token": data_meta["train"]["chars_per_token"],
         }
         if stop_signal[0] is not None:
