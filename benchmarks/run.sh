@@ -8,8 +8,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 tmp=benchmarks/.results.json.tmp
 python -m minigrok bench --json "$@" > "$tmp"
-name=$(python -c 'import json, sys; m = json.load(open(sys.argv[1]))["machine"]
-print(m["cpu_kind"] + ("-1thread" if m["threads"] == 1 else "" if m["threads"] == 2 else f"-{m[\"threads\"]}threads"))' "$tmp")
+name=$(python -c 'import json, sys; m = json.load(open(sys.argv[1]))["machine"]; t = m["threads"]
+print(m["cpu_kind"] + ("" if t == 2 else "-1thread" if t == 1 else "-%dthreads" % t))' "$tmp")
 mv "$tmp" "benchmarks/results-$name.json"
 echo "wrote benchmarks/results-$name.json" >&2
 python -c "import json, sys; sys.path.insert(0, \"benchmarks\"); from bench import markdown; print(markdown(json.load(open(sys.argv[1]))))" \

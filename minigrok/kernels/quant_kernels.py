@@ -31,6 +31,7 @@ that the shapes agree and raises ValueError before any loop runs: no read is out
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, replace
 
 import numpy as np
 from numba import float32, int16, int32, njit, prange
@@ -204,26 +205,29 @@ def dequantize_rows(w: QuantizedTensor, r0: int, r1: int, out: np.ndarray) -> np
     return out[: r1 - r0]
 
 
+@dataclass(frozen=True, eq=False)
 class CompiledQuantizedTensor(QuantizedTensor):
     """A QuantizedTensor (the same arrays, not copied) whose products run in the Numba kernels above:
-    ``quant.quantized_linear`` with :func:`matmul` and :func:`dequantize_rows` instead of the NumPy twins."""
+    ``quant.quantized_linear`` with :func:`matmul` and :func:`dequantize_rows` instead of the NumPy twins.
+
+    min_weights: the thread split of its products on the VNNI path, which multiplies any batch with the integer
+    kernel (SERIAL: one thread; minigrok/engine.py gives a large model's weights PARALLEL_BLOCK). On the portable
+    path its products stay on one thread: they run between BLAS calls, whose idle threads spin (decode.py)."""
+
+    min_weights: int = SERIAL
 
     @classmethod
-    def of(cls, w: QuantizedTensor) -> CompiledQuantizedTensor:
+    def of(cls, w: QuantizedTensor, min_weights: int = SERIAL) -> CompiledQuantizedTensor:
         """The same weight, with compiled products (shares w's scales and quants)."""
-        return w if isinstance(w, cls) else cls(w.type, w.shape, w.d, w.qs)
+        return cls(w.type, w.shape, w.d, w.qs, min_weights)
+
+    def __getitem__(self, index) -> CompiledQuantizedTensor:
+        return replace(super().__getitem__(index), min_weights=self.min_weights)
 
     def linear(self, x: np.ndarray) -> np.ndarray:
         if INTEGER_DOT == "vnni":  # the integer kernel beats dequantize + BLAS at any batch (benchmarks/README.md)
-            return quantized_linear(x, self, _prefill_matmul, dequantize_rows, blas_min_tokens=math.inf)
+            return quantized_linear(x, self, self._threaded_matmul, dequantize_rows, blas_min_tokens=math.inf)
         return quantized_linear(x, self, matmul, dequantize_rows)
 
-
-# Threads for the products of many tokens (VNNI path): only big ones, at least PREFILL_BLOCK weights x tokens per
-# thread (~0.6 ms of work), as for decoding (kernels/decode.py): the shipped model's products (256 x 256 weights,
-# 128 tokens) stay on one thread, whose prefill a busy machine slowed 10x with two.
-PREFILL_BLOCK = 1 << 25
-
-
-def _prefill_matmul(x: np.ndarray, w: QuantizedTensor) -> np.ndarray:
-    return matmul(x, w, PREFILL_BLOCK if len(x) > 1 else SERIAL)
+    def _threaded_matmul(self, x: np.ndarray, w: QuantizedTensor) -> np.ndarray:
+        return matmul(x, w, self.min_weights)
