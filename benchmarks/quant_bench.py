@@ -46,9 +46,8 @@ NOTES = """
   LLVM, minigrok's kernels). Loading peaks higher because load_gguf copies each tensor out of the memory-mapped
   file, whose pages are resident at the same time.
 - F16 files are upcast to float32 when loaded, so they run at F32's speed and memory; only the file is smaller.
-- Q8_0/Q4_0 hold their block scales as float32 in memory (Numba has no float16): 9 and 5 bits per weight against
-  8.5 and 4.5 in the file. The token embedding (F16 in the file, float32 in memory), norms and router are not
-  quantized.
+- Q8_0/Q4_0 hold their blocks in memory as in the file (fp16 scales: 8.5 and 4.5 bits per weight). The token
+  embedding (F16), norms and router are not quantized.
 - Speed, one thread: in each worker the best of 3 prefills and the median decode step, after a warm-up; each
   file's worker runs --rounds times, the files in turn, and the best round counts."""
 TYPES = ("f32", "f16", "q8_0", "q4_0")

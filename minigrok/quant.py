@@ -175,13 +175,14 @@ class QuantizedTensor:
     Attributes:
         type: "q8_0" or "q4_0".
         shape: the NumPy shape of the float weight, e.g. (num_experts, d_ff, d_model); last axis a multiple of 32.
-        d: (*shape[:-1], shape[-1] // 32) float32, the fp16 block scales widened to float32.
+        d: (*shape[:-1], shape[-1] // 32) float16, the block scales as the file holds them (NumPy widens them
+            exactly to float32 in any product with float32).
         qs: q8_0: (*shape[:-1], shape[-1]) int8, the quants in order; q4_0: (*shape[:-1], shape[-1] // 2) uint8,
             16 bytes per block in GGUF's nibble order (byte j: q[j] low, q[j + 16] high).
 
     The same bits as the file's blocks (:meth:`to_blocks` gives them back exactly), arranged as llama.cpp's CPU
-    backend also re-arranges blocks for speed (ggml-cpu "repack"). Scales are held as float32 because Numba has
-    no float16, so memory is 9 (Q8_0) or 5 (Q4_0) bits per weight against 8.5 and 4.5 in the file.
+    backend also re-arranges blocks for speed (ggml-cpu "repack"): 8.5 (Q8_0) or 4.5 (Q4_0) bits per weight in
+    memory, as in the file. (Numba has no float16: the kernels read the scales' bits, kernels/f16.py.)
     ``w[e]`` selects along the leading axes (e.g. one expert) without copying; the last axis cannot be indexed.
     """
 
@@ -220,7 +221,7 @@ class QuantizedTensor:
         # that the quants are copied out as whole (32,) or (16,) rows (~8x faster than a reshape of a byte view).
         record = np.dtype([("d", "<f2"), ("qs", np.int8 if qtype == Q8_0 else np.uint8, (BLOCK_BYTES[qtype] - 2,))])
         b = np.ascontiguousarray(blocks).reshape(*shape[:-1], -1).view(record)  # (..., n_blocks) records
-        d = b["d"].astype(np.float32)  # (..., n_blocks)
+        d = b["d"].astype(np.float16)  # (..., n_blocks): the file's fp16 scales, a native-order copy
         qs = np.ascontiguousarray(b["qs"]).reshape(*shape[:-1], -1)  # (..., K) int8 or (..., K // 2) uint8: a copy
         return cls(qtype, shape, d, qs)
 
@@ -228,7 +229,7 @@ class QuantizedTensor:
         """The GGUF bytes: (*shape[:-1], shape[-1] // 32 * BLOCK_BYTES[type]) uint8."""
         lead, n_blocks = self.shape[:-1], self.shape[-1] // QK
         out = np.empty((*lead, n_blocks, BLOCK_BYTES[self.type]), np.uint8)  # (..., n_blocks, bytes)
-        out[..., :2] = self.d.astype("<f2")[..., None].view(np.uint8)  # exact: d holds fp16 values
+        out[..., :2] = self.d.astype("<f2")[..., None].view(np.uint8)  # (..., n_blocks, 2): the fp16 scales
         out[..., 2:] = self.qs.view(np.uint8).reshape(*lead, n_blocks, -1)
         return out.reshape(*lead, -1)
 
@@ -242,7 +243,7 @@ class QuantizedTensor:
 
     @property
     def nbytes(self) -> int:
-        """Bytes held in memory (scales as float32)."""
+        """Bytes held in memory: the same as in the file (fp16 scales, quants)."""
         return self.d.nbytes + self.qs.nbytes
 
     @property

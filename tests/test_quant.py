@@ -54,7 +54,7 @@ if INTEGER_DOT == "vnni":
 def kernel_product(kind: str, x: np.ndarray, w: QuantizedTensor, min_weights: int = qk.SERIAL) -> np.ndarray:
     """x (N, K) @ w.T with one implementation's kernel called directly."""
     out = np.empty((len(x), w.shape[0]), np.float32)  # (N, R)
-    KERNELS[kind][w.type](np.ascontiguousarray(x, np.float32), w.qs, w.d, out, min_weights)
+    KERNELS[kind][w.type](np.ascontiguousarray(x, np.float32), *qk.kernel_arrays(w), out, min_weights)
     return out
 
 
@@ -183,6 +183,7 @@ def test_quantized_tensor_holds_the_file_bits_and_indexes_experts(qtype):
     assert np.array_equal(w.to_blocks(), reference_bytes(x, qtype))
     again = QuantizedTensor.from_blocks(qtype, w.shape, w.to_blocks())
     assert np.array_equal(again.qs, w.qs) and np.array_equal(again.d, w.d)
+    assert w.d.dtype == np.float16 and w.nbytes == w.file_nbytes  # in memory as in the file: 8.5 or 4.5 bits/weight
     expert = w[1]
     assert expert.shape == (5, 64) and np.shares_memory(expert.qs, w.qs)
     assert np.array_equal(expert.dequantize(), QuantizedTensor.from_float(x[1], qtype).dequantize())
@@ -303,7 +304,7 @@ def test_kernels_take_any_layout_and_reject_bad_shapes(qtype):
         qk.matmul(np.zeros((2, 32), np.float32), w_all[0])
     with pytest.raises(ValueError, match="2-D QuantizedTensor"):
         qk.matmul(np.zeros((2, 64), np.float32), w_all)
-    qs, d = w_all[0].qs, w_all[0].d
+    qs, d = qk.kernel_arrays(w_all[0])  # the fp16 scales as their uint16 bits
     for kernel in (kernels[qtype] for kernels in KERNELS.values()):
         with pytest.raises(ValueError, match="shapes disagree"):  # checked inside the kernel, before any read
             kernel(np.zeros((2, 64), np.float32), qs, d[:3], np.zeros((2, 6), np.float32), qk.SERIAL)

@@ -59,7 +59,7 @@ _GELU_A = np.float32(0.044715)  # float32 constants keep the kernel's arithmetic
 
 # ---- matrix-vector products for every weight type -----------------------------------------------------------------
 # In compiled code a weight is either a float32 (R, K) array or, for Q8_0/Q4_0, the tuple (qs, d) of its quants
-# ((R, K) int8 or (R, K // 2) uint8) and float32 block scales (R, K // 32): see kernel_weight.
+# ((R, K) int8 or (R, K // 2) uint8) and fp16 block scales (R, K // 32) as their uint16 bits: see kernel_weight.
 @njit(cache=True, fastmath=FASTMATH)
 def _f32_rows(x, w, out, r0, r1):
     """out[0, r] = w[r] · x[0] for rows r0..r1-1; a float32 loop LLVM vectorizes (sums reordered, fastmath)."""
@@ -358,7 +358,8 @@ def kernel_weight(w):
     """A weight as the compiled code takes it: a C-contiguous float32 array, or (qs, d) for Q8_0/Q4_0; None for
     anything else (float64 in gradient checks), which makes engine.forward take the NumPy path."""
     if isinstance(w, QuantizedTensor):
-        return (w.qs, w.d) if w.qs.flags.c_contiguous and w.d.flags.c_contiguous else None
+        ok = w.qs.flags.c_contiguous and w.d.flags.c_contiguous and w.d.dtype == np.float16
+        return (w.qs, w.d.view(np.uint16)) if ok else None  # the fp16 scales as their bits (kernels/f16.py)
     if isinstance(w, np.ndarray) and w.dtype == np.float32 and w.flags.c_contiguous:
         return w
     return None

@@ -39,6 +39,7 @@ from numba import float32, int16, int32, njit, prange
 from ..quant import Q8_0, QK, QuantizedTensor, quantized_linear
 from . import INTEGER_DOT
 from .blocks import FASTMATH, SERIAL, n_chunks, product_fits, quantize_activations, rows_fit
+from .f16 import f16_to_f32
 
 
 @njit(cache=True, fastmath=FASTMATH)
@@ -52,7 +53,7 @@ def _q8_0_rows(xq, dx, qs, d, out, r0, r1):
         for n in range(N):
             xn = xq[n]  # (K,) int8
             for b in range(n_blocks):
-                scale[b] = d[r, b] * dx[n, b]
+                scale[b] = f16_to_f32(d[r, b]) * dx[n, b]
             acc = float32(0)
             for k in range(K):
                 acc += float32(int16(int16(w[k]) * int16(xn[k]))) * scale[k >> 5]
@@ -60,13 +61,14 @@ def _q8_0_rows(xq, dx, qs, d, out, r0, r1):
 
 
 @njit(
-    "void(float32[:, ::1], int8[:, ::1], float32[:, ::1], float32[:, ::1], int64)",
+    "void(float32[:, ::1], int8[:, ::1], uint16[:, ::1], float32[:, ::1], int64)",
     cache=True,
     fastmath=FASTMATH,
     parallel=True,
 )
 def q8_0_matmul_loop(x, qs, d, out, min_weights):
-    """out (N, R) = x (N, K) @ W.T for a Q8_0 weight W (R, K) given as qs (R, K) int8 and d (R, K // 32) float32.
+    """out (N, R) = x (N, K) @ W.T for a Q8_0 weight W (R, K) given as qs (R, K) int8 and d (R, K // 32)
+    uint16 (the fp16 scales' bits).
     Rows are split over Numba's threads in blocks of at least min_weights weights (SERIAL: one thread)."""
     N, K = x.shape
     R = qs.shape[0]
@@ -92,7 +94,7 @@ def _q4_0_rows(x_lo, x_hi, dx, qs, d, out, r0, r1):
         for n in range(N):
             lo, hi = x_lo[n], x_hi[n]
             for b in range(n_blocks):
-                scale[b] = d[r, b] * dx[n, b]
+                scale[b] = f16_to_f32(d[r, b]) * dx[n, b]
             acc = float32(0)
             for k in range(half):
                 byte = int32(w[k])
@@ -103,14 +105,15 @@ def _q4_0_rows(x_lo, x_hi, dx, qs, d, out, r0, r1):
 
 
 @njit(
-    "void(float32[:, ::1], uint8[:, ::1], float32[:, ::1], float32[:, ::1], int64)",
+    "void(float32[:, ::1], uint8[:, ::1], uint16[:, ::1], float32[:, ::1], int64)",
     cache=True,
     fastmath=FASTMATH,
     parallel=True,
 )
 def q4_0_matmul_loop(x, qs, d, out, min_weights):
     """out (N, R) = x (N, K) @ W.T for a Q4_0 weight W (R, K) given as qs (R, K // 2) uint8 (GGUF nibble order:
-    byte j of a block holds q[j] low and q[j + 16] high) and d (R, K // 32) float32; a weight is (q - 8) * d.
+    byte j of a block holds q[j] low and q[j + 16] high) and d (R, K // 32) uint16 (fp16 bits); a weight is
+    (q - 8) * d.
     Rows are split over Numba's threads in blocks of at least min_weights weights (SERIAL: one thread)."""
     N, K = x.shape
     R = qs.shape[0]
@@ -134,9 +137,9 @@ def q4_0_matmul_loop(x, qs, d, out, min_weights):
             _q4_0_rows(x_lo, x_hi, dx, qs, d, out, c * R // chunks, (c + 1) * R // chunks)
 
 
-@njit("void(int8[:, ::1], float32[:, ::1], int64, int64, float32[:, ::1])", cache=True)
+@njit("void(int8[:, ::1], uint16[:, ::1], int64, int64, float32[:, ::1])", cache=True)
 def q8_0_dequantize_rows(qs, d, r0, r1, out):
-    """out[:r1 - r0] = the float32 rows r0..r1-1 of a Q8_0 weight (qs (R, K) int8, d (R, K // 32)): q * d."""
+    """out[:r1 - r0] = the float32 rows r0..r1-1 of a Q8_0 weight (qs (R, K) int8, d (R, K // 32) fp16 bits): q * d."""
     R, K = qs.shape
     if not rows_fit(R, K, d, r0, r1, out):
         raise ValueError(
@@ -144,12 +147,12 @@ def q8_0_dequantize_rows(qs, d, r0, r1, out):
         )
     for i in range(r1 - r0):
         for k in range(K):
-            out[i, k] = float32(qs[r0 + i, k]) * d[r0 + i, k >> 5]
+            out[i, k] = float32(qs[r0 + i, k]) * f16_to_f32(d[r0 + i, k >> 5])
 
 
-@njit("void(uint8[:, ::1], float32[:, ::1], int64, int64, float32[:, ::1])", cache=True)
+@njit("void(uint8[:, ::1], uint16[:, ::1], int64, int64, float32[:, ::1])", cache=True)
 def q4_0_dequantize_rows(qs, d, r0, r1, out):
-    """out[:r1 - r0] = float32 rows r0..r1-1 of a Q4_0 weight (qs (R, K // 2) uint8, d (R, K // 32)): (q - 8) * d."""
+    """out[:r1 - r0] = float32 rows r0..r1-1 of a Q4_0 weight (qs (R, K // 2) uint8, d fp16 bits): (q - 8) * d."""
     R, half = qs.shape
     K = 2 * half
     if not rows_fit(R, K, d, r0, r1, out):
@@ -158,7 +161,7 @@ def q4_0_dequantize_rows(qs, d, r0, r1, out):
         )
     for i in range(r1 - r0):
         for b in range(K // QK):
-            db = d[r0 + i, b]
+            db = f16_to_f32(d[r0 + i, b])
             for j in range(QK // 2):
                 byte = int32(qs[r0 + i, b * 16 + j])
                 out[i, b * QK + j] = float32((byte & 15) - 8) * db
@@ -173,10 +176,15 @@ else:
 
 
 # ---- Python entry points: convert and check, then call a kernel --------------------------------------------------
+def kernel_arrays(w: QuantizedTensor) -> tuple[np.ndarray, np.ndarray]:
+    """(qs, d) as the kernels take them: C-contiguous quants, and the fp16 scales as their uint16 bits."""
+    return np.ascontiguousarray(w.qs), np.ascontiguousarray(w.d, dtype=np.float16).view(np.uint16)
+
+
 def _arrays(w: QuantizedTensor) -> tuple[np.ndarray, np.ndarray]:
     if not isinstance(w, QuantizedTensor) or w.ndim != 2:
         raise ValueError(f"expected a 2-D QuantizedTensor (out, in), got {w!r}")
-    return np.ascontiguousarray(w.qs), np.ascontiguousarray(w.d, dtype=np.float32)
+    return kernel_arrays(w)
 
 
 def matmul(x: np.ndarray, w: QuantizedTensor, min_weights: int = SERIAL) -> np.ndarray:

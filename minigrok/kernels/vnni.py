@@ -93,7 +93,7 @@ def _row_dot(n_tokens: int, q4_0: bool):
             x = _pointer(context, builder, a[2], xq_v, x_off_v, _I8)
             dxp = _pointer(context, builder, a[4], dx_v, s_off_v, _F32)
             cxp = _pointer(context, builder, a[5], cx_v, s_off_v, _F32)
-            dp = _pointer(context, builder, a[7], d_v, d_off_v, _F32)
+            dp = _pointer(context, builder, a[7], d_v, d_off_v, ir.IntType(16))  # fp16 scales, as their bits
             dpbusd = builder.module.declare_intrinsic(
                 "llvm.x86.avx512.vpdpbusd.256", fnty=ir.FunctionType(_LANES, [_LANES, _LANES, _LANES])
             )
@@ -110,7 +110,7 @@ def _row_dot(n_tokens: int, q4_0: bool):
             with cgutils.for_range(builder, nb) as loop:
                 b = loop.index
                 u = builder.bitcast(_unsigned_block(builder, weights, b, q4_0), _LANES)  # 32 bytes as (8,) int32
-                d_b = builder.load(builder.gep(dp, [b]))  # the weight's block scale
+                d_b = builder.fpext(builder.bitcast(builder.load(builder.gep(dp, [b])), ir.HalfType()), _F32)
                 for t in range(n_tokens):
                     row = builder.mul(k, ir.Constant(k.type, t))
                     at = builder.add(row, builder.mul(b, ir.Constant(b.type, QK)))
@@ -187,14 +187,14 @@ def _q4_0_rows(xq, dx, cx, qs, d, out, r0, r1):
 
 
 @njit(
-    "void(float32[:, ::1], int8[:, ::1], float32[:, ::1], float32[:, ::1], int64)",
+    "void(float32[:, ::1], int8[:, ::1], uint16[:, ::1], float32[:, ::1], int64)",
     cache=True,
     fastmath=FASTMATH,
     parallel=True,
 )
 def q8_0_matmul(x, qs, d, out, min_weights):
-    """out (N, R) = x (N, K) @ W.T for a Q8_0 weight W (R, K) given as qs (R, K) int8 and d (R, K // 32) float32;
-    the same arguments, checks and thread split as quant_kernels.q8_0_matmul_loop."""
+    """out (N, R) = x (N, K) @ W.T for a Q8_0 weight W (R, K) given as qs (R, K) int8 and d (R, K // 32) uint16
+    (fp16 bits); the same arguments, checks and thread split as quant_kernels.q8_0_matmul_loop."""
     N, K = x.shape
     R = qs.shape[0]
     if not product_fits(x, qs, d, out, K):
@@ -210,14 +210,15 @@ def q8_0_matmul(x, qs, d, out, min_weights):
 
 
 @njit(
-    "void(float32[:, ::1], uint8[:, ::1], float32[:, ::1], float32[:, ::1], int64)",
+    "void(float32[:, ::1], uint8[:, ::1], uint16[:, ::1], float32[:, ::1], int64)",
     cache=True,
     fastmath=FASTMATH,
     parallel=True,
 )
 def q4_0_matmul(x, qs, d, out, min_weights):
     """out (N, R) = x (N, K) @ W.T for a Q4_0 weight W (R, K) given as qs (R, K // 2) uint8 (GGUF nibble order)
-    and d (R, K // 32) float32; the same arguments, checks and thread split as quant_kernels.q4_0_matmul_loop."""
+    and d (R, K // 32) uint16 (fp16 bits); the same arguments, checks and thread split as
+    quant_kernels.q4_0_matmul_loop."""
     N, K = x.shape
     R = qs.shape[0]
     if not product_fits(x, qs, d, out, K // 2):
