@@ -299,11 +299,13 @@ def markdown(report: dict) -> str:
     elif m.get("llama_cpp_python"):  # results written before the bench recorded llama.cpp's configuration
         llama = f"llama-cpp-python {m['llama_cpp_python']}"
     threads = f"{m['threads']} thread{'s' if m['threads'] != 1 else ''}"
+    n = report.get("rounds", 1)
+    rounds = "one run per engine" if n == 1 else f"each engine's best of {n} runs, alternating"
     lines = [
         f"Machine: {m['cpu']} ({m.get('cpu_kind', '?')}), {m['cores']} cores ({', '.join(m['simd'])}), "
         f"{m['ram_gb']} GB RAM; {threads}; minigrok's integer kernels: {m.get('integer_dot', '?')}; "
         f"Python {m['python']}, NumPy {m['numpy']}, Numba {m['numba']}, {llama}; {m['date']}.",
-        f"Command: `{report['command']}` (each engine's best of {report.get('rounds', 1)} runs, engines alternating)",
+        f"Command: `{report['command']}` ({rounds})",
         f"Memory bandwidth: {bw['bandwidth_gb_s']:.1f} GB/s (NumPy sum, 1 thread: {bw['sum_gb_s']:.1f} GB/s; "
         f"matrix-vector, {threads}: {bw['matvec_gb_s']:.1f} GB/s).",
         "",

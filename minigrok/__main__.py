@@ -298,7 +298,11 @@ def build_parser(command: str | None) -> Parser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     command = next((a for a in argv if not a.startswith("-")), None)
-    parser = build_parser(command if command in COMMANDS else None)
+    try:  # a command's module imports the kernels, which check MINIGROK_INTEGER_DOT
+        parser = build_parser(command if command in COMMANDS else None)
+    except ValueError as e:
+        print(f"minigrok: error: {e}", file=sys.stderr)
+        return 1
     args, unknown = parser.parse_known_args(argv)
     if unknown:  # reported by the command's own parser, so the message points at `python -m minigrok CMD --help`
         subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))

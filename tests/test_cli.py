@@ -1,5 +1,6 @@
 """generate() and the command line, end to end on a small random grok-tiny model written as GGUF."""
 
+import os
 import random
 import re
 import subprocess
@@ -229,3 +230,13 @@ def test_info_prices_each_tensor_as_the_file_stores_it(file, dtype):
     path = cli.DEFAULT_MODEL.parent / file
     config = read_config(path)
     assert cli.weight_bytes(config, dtype)[0] == sum(int(t.n_bytes) for t in gguf.GGUFReader(path).tensors)
+
+
+def test_a_bad_kernel_choice_is_one_line_for_every_command(tmp_path):
+    """MINIGROK_INTEGER_DOT is read when the kernels are imported, which for eval and train is while the parser
+    is built: still one line, no traceback."""
+    env = {**os.environ, "MINIGROK_INTEGER_DOT": "foo"}
+    for args in (["eval", "--help"], ["train", "--help"], ["generate", "-n", "1", "-p", "hi"]):
+        done = subprocess.run([sys.executable, "-m", "minigrok", *args], env=env, capture_output=True, text=True)
+        assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+        assert done.stderr.startswith("minigrok: error: MINIGROK_INTEGER_DOT='foo': use 'portable'")

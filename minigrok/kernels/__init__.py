@@ -63,7 +63,10 @@ def integer_dot() -> str:
     "portable"; else "portable". Raises ValueError for any other value of MINIGROK_INTEGER_DOT."""
     asked = os.environ.get("MINIGROK_INTEGER_DOT", "")
     if asked not in ("", "vnni", "portable"):
-        raise ValueError(f"MINIGROK_INTEGER_DOT={asked!r}: use 'portable' (plain loops) or unset it (fastest here)")
+        raise ValueError(
+            f"MINIGROK_INTEGER_DOT={asked!r}: use 'portable' (the plain loops), 'vnni' or nothing (VNNI where the CPU "
+            "has it)"
+        )
     if numba.config.CPU_NAME not in (None, "host"):  # NUMBA_CPU_NAME: compiling for another CPU than this one
         return "portable"  # (LLVM aborts the process on an instruction the target CPU lacks: no VNNI unless sure)
     features = llvm.get_host_cpu_features()
