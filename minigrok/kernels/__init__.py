@@ -14,7 +14,7 @@ intrinsic) where the CPU has it, else "portable" (quant_kernels.py: plain loops 
 environment variable ``MINIGROK_INTEGER_DOT=portable`` forces the plain loops (to compare them, or if the
 instruction misbehaves); the choice is part of the cache folder's name.
 
-Compiling takes a while the first time (~20 s on 2 cores), so it prints one line on stderr saying so: on import
+Compiling takes a while the first time (~30 s on 2 cores), so it prints one line on stderr saying so: on import
 for a new CACHE_DIR, and in :func:`compiling` for each kind of input compiled for the first time.
 """
 
@@ -139,11 +139,11 @@ def _announce(what: str, seconds: str) -> None:
 
 
 if _first_run:
-    _announce("the kernels", "20")  # the kernel modules compile their fixed-signature functions as they are imported
+    _announce("the kernels", "30")  # the kernel modules compile their fixed-signature functions as they are imported
 
 
 @contextlib.contextmanager
-def compiling(what: str, seconds: str = "6"):
+def compiling(what: str, seconds: str = "15"):
     """Wrap the first call of kernels that compile for one kind of input, e.g. ``compiling("the Q8_0 decode
     step")``: if that has not been compiled into CACHE_DIR yet, say so on stderr (one line per process: the
     first line, printed on import for a new CACHE_DIR, covers it), and remember that it now is. ``seconds``: a
