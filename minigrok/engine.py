@@ -36,7 +36,7 @@ from .attention import KVCache
 from .config import ModelConfig
 from .kernels import INTEGER_DOT, compiling
 from .kernels.blocks import SERIAL
-from .kernels.decode import PARALLEL_BLOCK, THREADED_MODEL_WEIGHTS, decode_step, kernel_weights
+from .kernels.decode import THREADED_MODEL_WEIGHTS, decode_step, kernel_weights, thread_split
 from .kernels.quant_kernels import CompiledQuantizedTensor
 from .quant import QuantizedTensor
 
@@ -55,8 +55,7 @@ def compiled_params(params: dict, config: ModelConfig | None = None) -> dict:
     """params with each Q8_0/Q4_0 weight's products in Numba kernels (the same arrays; float weights unchanged).
     With the config of a model of at least THREADED_MODEL_WEIGHTS active weights, big products of many tokens
     are split over Numba's threads (blocks of PARALLEL_BLOCK weights x tokens), as its decode steps are."""
-    large = config is not None and config.n_active_params() >= THREADED_MODEL_WEIGHTS
-    split = PARALLEL_BLOCK if large else SERIAL
+    split = SERIAL if config is None else thread_split(config)
     return {k: CompiledQuantizedTensor.of(w, split) if isinstance(w, QuantizedTensor) else w for k, w in params.items()}
 
 

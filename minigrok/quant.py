@@ -346,8 +346,8 @@ def quantized_linear(
     (each value within 1/254 of its block's largest |x|). ``matmul`` and ``dequantize_rows`` default to the NumPy
     functions above; the Numba kernels of minigrok/kernels/quant_kernels.py take the same arguments, and where
     their integer kernel beats BLAS at any batch (the VNNI one, kernels/vnni.py) they pass ``blas_min_tokens=inf``,
-    as llama.cpp's CPU backend does
-    without BLAS. Raises ValueError if w is not 2-D or the last axis of x is not w's input width.
+    as llama.cpp's CPU backend does without BLAS. Raises ValueError if w is not 2-D or the last axis of x is not
+    w's input width.
     """
     if w.ndim != 2 or x.shape[-1] != w.shape[1]:
         raise ValueError(f"cannot multiply x of shape {x.shape} by a quantized weight of shape {w.shape} (out, in)")

@@ -222,6 +222,12 @@ DecodeConstants = namedtuple(
 )
 
 
+def thread_split(config: ModelConfig) -> int:
+    """The min_weights of a model's products: PARALLEL_BLOCK (split over Numba's threads) for a model of at least
+    THREADED_MODEL_WEIGHTS active weights per token, else SERIAL (see "Threads" above)."""
+    return PARALLEL_BLOCK if config.n_active_params() >= THREADED_MODEL_WEIGHTS else SERIAL
+
+
 @functools.lru_cache(maxsize=8)
 def decode_constants(config: ModelConfig) -> DecodeConstants:
     """The config's numbers that decode_layer reads, typed for the kernel (made once per config)."""
@@ -408,8 +414,7 @@ def _kernel_weights(objects: list, config: ModelConfig) -> DecodeWeights | None:
     layers = [LayerWeights(*converted[i * n : (i + 1) * n]) for i in range(config.n_layers)]
     if any(isinstance(getattr(layer, name), tuple) for layer in layers for name in _FLOAT_ONLY):
         return None
-    min_weights = PARALLEL_BLOCK if config.n_active_params() >= THREADED_MODEL_WEIGHTS else SERIAL
-    return DecodeWeights(layers, min_weights, embd)
+    return DecodeWeights(layers, thread_split(config), embd)
 
 
 def decode_step(params: dict, config: ModelConfig, token: int, cache: KVCache, step: CacheStep, weights) -> np.ndarray:

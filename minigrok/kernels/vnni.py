@@ -72,10 +72,11 @@ def _unsigned_block(builder, weights, b, q4_0):
     return builder.shuffle_vector(low, high, ir.Constant(ir.VectorType(_I32, QK), list(range(QK))))  # (32,)
 
 
-def _row_dot(n_tokens: int, q4_0: bool):
+def _row_dot(n_tokens: int):
     """An intrinsic: one weight row against n_tokens quantized activations, returning n_tokens float32 sums.
 
-    Arguments (all offsets in elements of C-contiguous arrays): qs and w_off (the row's first quant byte), xq
+    Arguments (all offsets in elements of C-contiguous arrays): qs and w_off (the row's first quant byte; int8
+    quants are Q8_0, uint8 nibbles Q4_0), xq
     (N, K) int8 and x_off (the first token's first value), dx and cx (N, K // 32) float32 with s_off (the first
     token's first block), d and d_off (the row's first block scale), n_blocks = K // 32. Token t of the group is
     row t after the first: x_off + t K, s_off + t n_blocks. Returns sum_b d[b] (dx[t, b] (u . x)[t, b] - cx[t, b]).
@@ -85,6 +86,7 @@ def _row_dot(n_tokens: int, q4_0: bool):
     def row_dot(typingctx, qs, w_off, xq, x_off, dx, cx, s_off, d, d_off, n_blocks):
         result = types.UniTuple(types.float32, n_tokens)
         sig = result(qs, types.intp, xq, types.intp, dx, cx, types.intp, d, types.intp, types.intp)
+        q4_0 = qs.dtype == types.uint8  # chosen as Numba compiles the caller, from the quants' dtype
 
         def codegen(context, builder, signature, args):
             qs_v, w_off_v, xq_v, x_off_v, dx_v, cx_v, s_off_v, d_v, d_off_v, nb = args
@@ -135,8 +137,7 @@ def _row_dot(n_tokens: int, q4_0: bool):
     return row_dot
 
 
-_q8_0_dot_1, _q8_0_dot_n = _row_dot(1, q4_0=False), _row_dot(TOKENS_PER_ROW, q4_0=False)
-_q4_0_dot_1, _q4_0_dot_n = _row_dot(1, q4_0=True), _row_dot(TOKENS_PER_ROW, q4_0=True)
+_dot_1, _dot_n = _row_dot(1), _row_dot(TOKENS_PER_ROW)
 
 
 @njit(cache=True, fastmath=FASTMATH)
@@ -155,79 +156,51 @@ def _offset_terms(xq, dx, offset):
 
 
 @njit(cache=True, fastmath=FASTMATH)
-def _q8_0_rows(xq, dx, cx, qs, d, out, r0, r1):
-    """out[:, r0:r1] for Q8_0 rows r0..r1-1, TOKENS_PER_ROW tokens at a time."""
+def _rows(xq, dx, cx, qs, d, out, r0, r1):
+    """out[:, r0:r1] for rows r0..r1-1 of a Q8_0 (int8 qs) or Q4_0 (uint8 qs) weight, TOKENS_PER_ROW tokens at a
+    time; a row's quants start at r * qs.shape[1] (K bytes for Q8_0, K / 2 for Q4_0)."""
     N, K = xq.shape
-    nb = K // QK
+    nb, row_bytes = K // QK, qs.shape[1]
     for r in range(r0, r1):
         n = 0
         while n + TOKENS_PER_ROW <= N:
-            sums = _q8_0_dot_n(qs, r * K, xq, n * K, dx, cx, n * nb, d, r * nb, nb)
+            sums = _dot_n(qs, r * row_bytes, xq, n * K, dx, cx, n * nb, d, r * nb, nb)
             for t in range(TOKENS_PER_ROW):
                 out[n + t, r] = sums[t]
             n += TOKENS_PER_ROW
         for m in range(n, N):
-            out[m, r] = _q8_0_dot_1(qs, r * K, xq, m * K, dx, cx, m * nb, d, r * nb, nb)[0]
+            out[m, r] = _dot_1(qs, r * row_bytes, xq, m * K, dx, cx, m * nb, d, r * nb, nb)[0]
 
 
-@njit(cache=True, fastmath=FASTMATH)
-def _q4_0_rows(xq, dx, cx, qs, d, out, r0, r1):
-    """out[:, r0:r1] for Q4_0 rows r0..r1-1, TOKENS_PER_ROW tokens at a time."""
-    N, K = xq.shape
-    nb = K // QK
-    for r in range(r0, r1):
-        n = 0
-        while n + TOKENS_PER_ROW <= N:
-            sums = _q4_0_dot_n(qs, r * K // 2, xq, n * K, dx, cx, n * nb, d, r * nb, nb)
-            for t in range(TOKENS_PER_ROW):
-                out[n + t, r] = sums[t]
-            n += TOKENS_PER_ROW
-        for m in range(n, N):
-            out[m, r] = _q4_0_dot_1(qs, r * K // 2, xq, m * K, dx, cx, m * nb, d, r * nb, nb)[0]
+@njit(cache=True, fastmath=FASTMATH, parallel=True)
+def _product(x, qs, d, out, min_weights, offset):
+    """The body of both kernels below, once their shapes are checked: offset is the weights' unsigned offset."""
+    N, K = x.shape
+    R = qs.shape[0]
+    xq, dx = quantize_activations(x)  # (N, K) int8, (N, K // 32)
+    cx = _offset_terms(xq, dx, offset)  # (N, K // 32)
+    chunks = n_chunks(R, K * N, min_weights)
+    if chunks == 1:
+        _rows(xq, dx, cx, qs, d, out, 0, R)
+    else:
+        for c in prange(chunks):
+            _rows(xq, dx, cx, qs, d, out, c * R // chunks, (c + 1) * R // chunks)
 
 
-@njit(
-    "void(float32[:, ::1], int8[:, ::1], uint16[:, ::1], float32[:, ::1], int64)",
-    cache=True,
-    fastmath=FASTMATH,
-    parallel=True,
-)
+@njit("void(float32[:, ::1], int8[:, ::1], uint16[:, ::1], float32[:, ::1], int64)", cache=True)
 def q8_0_matmul(x, qs, d, out, min_weights):
     """out (N, R) = x (N, K) @ W.T for a Q8_0 weight W (R, K) given as qs (R, K) int8 and d (R, K // 32) uint16
     (fp16 bits); the same arguments, checks and thread split as quant_kernels.q8_0_matmul_loop."""
-    N, K = x.shape
-    R = qs.shape[0]
-    if not product_fits(x, qs, d, out, K):
+    if not product_fits(x, qs, d, out, x.shape[1]):
         raise ValueError("q8_0_matmul: shapes disagree; need x (N, K), qs (R, K), d (R, K/32), out (N, R), 32 | K")
-    xq, dx = quantize_activations(x)  # (N, K) int8, (N, K // 32)
-    cx = _offset_terms(xq, dx, 128)  # (N, K // 32)
-    chunks = n_chunks(R, K * N, min_weights)
-    if chunks == 1:
-        _q8_0_rows(xq, dx, cx, qs, d, out, 0, R)
-    else:
-        for c in prange(chunks):
-            _q8_0_rows(xq, dx, cx, qs, d, out, c * R // chunks, (c + 1) * R // chunks)
+    _product(x, qs, d, out, min_weights, 128)  # int8 w + 128: unsigned
 
 
-@njit(
-    "void(float32[:, ::1], uint8[:, ::1], uint16[:, ::1], float32[:, ::1], int64)",
-    cache=True,
-    fastmath=FASTMATH,
-    parallel=True,
-)
+@njit("void(float32[:, ::1], uint8[:, ::1], uint16[:, ::1], float32[:, ::1], int64)", cache=True)
 def q4_0_matmul(x, qs, d, out, min_weights):
     """out (N, R) = x (N, K) @ W.T for a Q4_0 weight W (R, K) given as qs (R, K // 2) uint8 (GGUF nibble order)
     and d (R, K // 32) uint16 (fp16 bits); the same arguments, checks and thread split as
     quant_kernels.q4_0_matmul_loop."""
-    N, K = x.shape
-    R = qs.shape[0]
-    if not product_fits(x, qs, d, out, K // 2):
+    if not product_fits(x, qs, d, out, x.shape[1] // 2):
         raise ValueError("q4_0_matmul: shapes disagree; need x (N, K), qs (R, K/2), d (R, K/32), out (N, R), 32 | K")
-    xq, dx = quantize_activations(x)  # (N, K) int8, (N, K // 32)
-    cx = _offset_terms(xq, dx, 8)  # (N, K // 32)
-    chunks = n_chunks(R, K * N, min_weights)
-    if chunks == 1:
-        _q4_0_rows(xq, dx, cx, qs, d, out, 0, R)
-    else:
-        for c in prange(chunks):
-            _q4_0_rows(xq, dx, cx, qs, d, out, c * R // chunks, (c + 1) * R // chunks)
+    _product(x, qs, d, out, min_weights, 8)  # the nibble q of w = q - 8 is unsigned
