@@ -7,6 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 tmp=benchmarks/.results.json.tmp
+trap 'rm -f "$tmp"' EXIT  # a failed run leaves no half-written file
 python -m minigrok bench --json "$@" > "$tmp"
 name=$(python -c 'import json, sys; m = json.load(open(sys.argv[1]))["machine"]; t = m["threads"]
 print(m["cpu_kind"] + ("" if t == 2 else "-1thread" if t == 1 else "-%dthreads" % t))' "$tmp")

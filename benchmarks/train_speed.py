@@ -22,6 +22,7 @@ import argparse
 import json
 import os
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -114,6 +115,8 @@ def main() -> None:
     p.add_argument("--probe-seconds", type=float, default=0.5, help="length of each matmul-rate probe")
     p.add_argument("--floor", action="store_true", help="also time the step's matmuls alone (the MFU ceiling)")
     args = p.parse_args()
+    if args.steps < 1 or not args.probe_seconds > 0:
+        p.error("--steps must be >= 1 and --probe-seconds > 0")
 
     cfg = TrainConfig.from_toml(args.config)
     data = Path(cfg.data_dir)
@@ -179,4 +182,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except (OSError, ValueError) as e:  # a missing or bad config: one line, as the minigrok commands do
+        sys.exit(f"train_speed: error: {e}")
