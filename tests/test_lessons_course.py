@@ -191,11 +191,16 @@ WRONG_ANSWERS: dict[str, dict[str, list]] = {
             "def keys_seen(i, W, S=0):\n    return np.minimum(i + 1, S + W + 1)\n",  # the Mistral paper's W + 1
             "def keys_seen(i, W, S=0):\n    return np.minimum(i + 1, W) + S\n",  # sinks counted before they exist
         ],
-        "ex2-slot-map-check": [
+        "ex2-patterns-check": [
+            edit("(j <= i) & ((j < S) | (i - j < W))", "(j < S) | ((j <= i) & (i - j < W))"),  # sinks seen early
+            edit("(j <= i) & ((qb - kb < local)", "(kb <= qb) & ((qb - kb < local)"),  # block-causal: sees ahead
+            edit("qb - kb < local", "qb - kb <= local"),  # one local block too many
+        ],
+        "ex3-slot-map-check": [
             "def slot_of(p, S, W):\n    return p % (S + W)\n",  # the sinks get overwritten
             "def slot_of(p, S, W):\n    return p if p < S else S + (p - S - 1) % W\n",  # off by one
         ],
-        "ex3-measurement-check": [
+        "ex4-measurement-check": [
             "def penalty(results, a, b):\n"  # the whole text, not past the context
             "    return results[a]['nats_per_char'] - results[b]['nats_per_char']\n"
             "def cache_ratio(spec, n_tokens):\n"
@@ -270,8 +275,20 @@ WRONG_ANSWERS: dict[str, dict[str, list]] = {
         ],
     },
     "07_training.ipynb": {
-        "ex1-softcap-grad-check": ["def softcap_grad(s, cap):\n    return 1 - np.tanh(s) ** 2\n"],  # no 1/cap inside
-        "ex2-adamw-check": ["def adamw_first_step(g, lr):\n    return lr * g\n"],  # plain SGD
+        "ex1-rmsnorm-backward-check": [
+            edit(" - r**3 * x * np.mean(g * x, axis=-1, keepdims=True)", ""),  # as if r did not depend on x
+            edit("np.mean(g * x, axis=-1, keepdims=True)", "np.sum(g * x, axis=-1, keepdims=True)"),  # the 1/d lost
+        ],
+        "ex2-softcap-grad-check": ["def softcap_grad(s, cap):\n    return 1 - np.tanh(s) ** 2\n"],  # no 1/cap inside
+        "ex3-adamw-step-check": [
+            edit("m_hat, v_hat = m / (1 - beta1**t), v / (1 - beta2**t)", "m_hat, v_hat = m, v"),  # no bias correction
+            edit("if p.ndim >= 2:", "if True:"),  # decays the norm scales too
+            edit(  # L2 regularisation, which Adam's normalisation undoes, instead of decoupled decay
+                "    m = beta1 * m + (1 - beta1) * g\n",
+                "    g = g + weight_decay * p * (p.ndim >= 2)\n    m = beta1 * m + (1 - beta1) * g\n",
+            ),
+            edit("p = p * (1 - lr * weight_decay)", "p *= 1 - lr * weight_decay"),  # changes the caller's array
+        ],
     },
     "08_quantization.ipynb": {
         "ex1-unpack-q4-check": [
