@@ -109,7 +109,11 @@ WRONG_ANSWERS: dict[str, dict[str, list]] = {
     "00_overview.ipynb": {
         "ex1-devices-check": [  # rounds down: 4 devices cannot hold 335 GB
             "def devices_needed(config, dtype, device_bytes):\n"
-            "    return int(weight_bytes(config, dtype)[0] // device_bytes)\n"
+            "    return int(weight_bytes(config, dtype)[0] // device_bytes)\n",
+            "def devices_needed(config, dtype, device_bytes):\n"  # one too many at exact multiples
+            "    return int(weight_bytes(config, dtype)[0] // device_bytes) + 1\n",
+            "def devices_needed(config, dtype, device_bytes):\n"  # all at dtype: no f32 norms, no f16 embedding
+            "    return math.ceil(config.n_params() * BYTES_PER_WEIGHT[dtype] / device_bytes)\n",
         ],
         "ex2-kv-cache-check": [  # every query head cached: plain multi-head attention
             "def kv_bytes_per_token(config, bytes_per_number):\n"
