@@ -188,6 +188,10 @@ WRONG_ANSWERS: dict[str, dict[str, list]] = {
             GQA.replace("scores = cap * np.tanh(scores / cap)", "pass  # no soft-cap"),
             GQA.replace("k[h // group]", "k[h % k.shape[0]]").replace("v[h // group]", "v[h % k.shape[0]]"),
             GQA.replace("i - j < window", "i - j <= window"),  # window + 1 keys (the Mistral paper's code)
+            GQA.replace(  # masked before the soft-cap: masked keys end at -cap, not -inf, and take probability
+                "        scores = cap * np.tanh(scores / cap)\n        scores = np.where(visible, scores, -np.inf)\n",
+                "        scores = np.where(visible, scores, -1e30)\n        scores = cap * np.tanh(scores / cap)\n",
+            ),
         ],
     },
     "04_sparse_attention.ipynb": {
