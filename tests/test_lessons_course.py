@@ -109,7 +109,11 @@ WRONG_ANSWERS: dict[str, dict[str, list]] = {
     "00_overview.ipynb": {
         "ex1-devices-check": [  # rounds down: 4 devices cannot hold 335 GB
             "def devices_needed(config, dtype, device_bytes):\n"
-            "    return int(weight_bytes(config, dtype)[0] // device_bytes)\n"
+            "    return int(weight_bytes(config, dtype)[0] // device_bytes)\n",
+            "def devices_needed(config, dtype, device_bytes):\n"  # one too many at exact multiples
+            "    return int(weight_bytes(config, dtype)[0] // device_bytes) + 1\n",
+            "def devices_needed(config, dtype, device_bytes):\n"  # all at dtype: no f32 norms, no f16 embedding
+            "    return math.ceil(config.n_params() * BYTES_PER_WEIGHT[dtype] / device_bytes)\n",
         ],
         "ex2-kv-cache-check": [  # every query head cached: plain multi-head attention
             "def kv_bytes_per_token(config, bytes_per_number):\n"
@@ -184,6 +188,10 @@ WRONG_ANSWERS: dict[str, dict[str, list]] = {
             GQA.replace("scores = cap * np.tanh(scores / cap)", "pass  # no soft-cap"),
             GQA.replace("k[h // group]", "k[h % k.shape[0]]").replace("v[h // group]", "v[h % k.shape[0]]"),
             GQA.replace("i - j < window", "i - j <= window"),  # window + 1 keys (the Mistral paper's code)
+            GQA.replace(  # masked before the soft-cap: masked keys end at -cap, not -inf, and take probability
+                "        scores = cap * np.tanh(scores / cap)\n        scores = np.where(visible, scores, -np.inf)\n",
+                "        scores = np.where(visible, scores, -1e30)\n        scores = cap * np.tanh(scores / cap)\n",
+            ),
         ],
     },
     "04_sparse_attention.ipynb": {
