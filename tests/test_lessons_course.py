@@ -107,7 +107,12 @@ def edit(old: str, new: str):
 # notebook -> check's grade_id -> wrong solutions: source code, or edit(...) of the answer key's solution cells
 WRONG_ANSWERS: dict[str, dict[str, list]] = {
     "00_overview.ipynb": {
-        "ex1-devices-check": [  # rounds down: 4 devices cannot hold 335 GB
+        "ex1-count-check": [
+            edit("c.n_kv_heads * c.head_dim * c.d_model * 2", "c.n_heads * c.head_dim * c.d_model * 2"),  # no GQA
+            edit("c.n_layers * 4 * c.d_model + c.d_model", "c.n_layers * 4 * c.d_model"),  # the final norm
+            edit("c.n_heads * c.head_dim * c.d_model * 2", "c.d_model * c.d_model * 2"),  # d_model for n_heads*head_dim
+        ],
+        "ex2-devices-check": [  # rounds down: 4 devices cannot hold 335 GB
             "def devices_needed(config, dtype, device_bytes):\n"
             "    return int(weight_bytes(config, dtype)[0] // device_bytes)\n",
             "def devices_needed(config, dtype, device_bytes):\n"  # one too many at exact multiples
@@ -115,13 +120,13 @@ WRONG_ANSWERS: dict[str, dict[str, list]] = {
             "def devices_needed(config, dtype, device_bytes):\n"  # all at dtype: no f32 norms, no f16 embedding
             "    return math.ceil(config.n_params() * BYTES_PER_WEIGHT[dtype] / device_bytes)\n",
         ],
-        "ex2-kv-cache-check": [  # every query head cached: plain multi-head attention
+        "ex3-kv-cache-check": [  # every query head cached: plain multi-head attention
             "def kv_bytes_per_token(config, bytes_per_number):\n"
             "    return 2 * config.n_layers * config.n_heads * config.head_dim * bytes_per_number\n",
             "def kv_bytes_per_token(config, bytes_per_number):\n"  # K only
             "    return config.n_layers * config.n_kv_heads * config.head_dim * bytes_per_number\n",
         ],
-        "ex3-active-check": [  # top_k of the experts idle instead of num_experts - top_k
+        "ex4-active-check": [  # top_k of the experts idle instead of num_experts - top_k
             "def active_fraction(config):\n"
             "    parts = count_by_hand(config)\n"
             "    return 1 - parts['experts'] * config.top_k / config.num_experts / sum(parts.values())\n"
