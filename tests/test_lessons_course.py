@@ -269,6 +269,7 @@ WRONG_ANSWERS: dict[str, dict[str, list]] = {
             FILTERS.replace("    kept[0] = True\n", ""),  # top_p = 0 keeps nothing: 0 / 0
             FILTERS.replace('np.argsort(-p, kind="stable")[:k]', 'np.argsort(p, kind="stable")[::-1][:k]'),  # ties
             FILTERS.replace("if k <= 0 or k >= len(p):", "if k >= len(p):"),  # k = 0 is 'off', not 'nothing'
+            FILTERS.replace('kind="stable"', 'kind="quicksort"'),  # NumPy's default, unstable: ties in any order
         ],
         "ex2-distribution-check": [
             "def sampling_distribution(logits, temperature, top_k=0, top_p=1.0):\n"  # top-p before top-k
@@ -284,7 +285,18 @@ WRONG_ANSWERS: dict[str, dict[str, list]] = {
             "    for _ in range(n):\n"
             "        new.append(int(np.argmax(forward(params, config, np.array([ids[-1:]]))[0, -1, :vocab_size])))\n"
             "        ids.append(new[-1])\n"
-            "    return new\n"
+            "    return new\n",
+            "def greedy_by_recompute(params, config, ids, n, vocab_size):\n"  # lets generate do the work
+            "    prompt = tokenizer.decode(list(ids))\n"
+            "    return generate(params, config, tokenizer, prompt, n, temperature=0.0).token_ids\n",
+            "def greedy_by_recompute(params, config, ids, n, vocab_size):\n"  # the KV cache: what is to be checked
+            "    from minigrok.model import init_cache\n"
+            "    cache = init_cache(config, batch_size=1, max_len=len(ids) + n)\n"
+            "    logits, new = forward(params, config, np.array([list(ids)]), cache), []\n"
+            "    for _ in range(n):\n"
+            "        new.append(int(np.argmax(logits[0, -1, :vocab_size])))\n"
+            "        logits = forward(params, config, np.array([new[-1:]]), cache)\n"
+            "    return new\n",
         ],
     },
     "07_training.ipynb": {
