@@ -339,10 +339,17 @@ WRONG_ANSWERS: dict[str, dict[str, list]] = {
             Q4_BYTES.replace("+ 2 * c.vocab_size * c.d_model ", ""),  # forgets the tied unembedding
             Q4_BYTES.replace("c.top_k * 3", "c.num_experts * 3"),  # reads every expert
             Q4_BYTES.replace("* 18 / 32", "* 34 / 32"),  # Q8_0's block size
+            # q and output as d_model x d_model: right only where n_heads * head_dim == d_model
+            Q4_BYTES.replace("c.n_heads * c.head_dim * c.d_model * 2", "c.d_model * c.d_model * 2"),
+            Q4_BYTES.replace(" + 4 * c.d_model\n", "\n"),  # forgets output_norm
+            Q4_BYTES.replace("+ 4 * c.d_model)", "+ 3 * c.d_model)"),  # three norms a layer
+            Q4_BYTES.replace("c.top_k * 3", "2 * 3"),  # top_k = 2 written in
         ],
         "ex2-share-check": [
             "def share_of_bound(tokens_per_s, bandwidth, bytes_per_token):\n"  # inverted
-            "    return (bandwidth / bytes_per_token) / tokens_per_s\n"
+            "    return (bandwidth / bytes_per_token) / tokens_per_s\n",
+            "def share_of_bound(tokens_per_s, bandwidth, bytes_per_token):\n"  # bandwidth taken as GB/s
+            "    return tokens_per_s / (bandwidth * 1e9 / bytes_per_token)\n",
         ],
     },
     "10_scale.ipynb": {
