@@ -10,6 +10,7 @@ least one wrong answer here.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import nbformat
@@ -395,6 +396,24 @@ def nbgrader_meta(cell) -> dict:
     return cell.metadata.get("nbgrader", {})
 
 
+def estimated_study_hours(nb) -> float:
+    """SYLLABUS.md's rule: prose at 100 words/min, code at 10 non-blank lines/min, 20 min per autograded exercise,
+    5 min per conceptual question; hours rounded to the nearest half (at least half an hour)."""
+    words = lines = exercises = questions = 0
+    for cell in nb.cells:
+        meta = nbgrader_meta(cell)
+        if cell.cell_type == "markdown" and meta.get("solution"):
+            questions += 1
+        elif cell.cell_type == "markdown":
+            words += len(cell.source.split())
+        elif meta.get("grade"):
+            exercises += 1
+        elif not meta.get("solution"):
+            lines += sum(1 for line in cell.source.splitlines() if line.strip())
+    minutes = words / 100 + lines / 10 + 20 * exercises + 5 * questions
+    return max(0.5, int(minutes / 30 + 0.5) / 2)
+
+
 def checks(nb) -> list:
     return [c for c in nb.cells if nbgrader_meta(c).get("grade") and c.cell_type == "code"]
 
@@ -418,7 +437,10 @@ def test_markup_is_nbgrader_and_every_check_has_a_wrong_answer(path):
     assert len(graded) >= 2, f"{path.name} has {len(graded)} autograded exercises"
     questions = [c for c in nb.cells if nbgrader_meta(c).get("grade") and c.cell_type == "markdown"]
     assert 3 <= len(questions) <= 5, f"{path.name} has {len(questions)} conceptual questions"
-    assert nb.cells[1].source.startswith("**Objectives.**") and "**Study time:**" in nb.cells[1].source
+    assert nb.cells[1].source.startswith("**Objectives.**")
+    stated = re.search(r"\*\*Study time:\*\* about ([0-9.]+) h, estimated", nb.cells[1].source)
+    assert stated, f"{path.name}: no '**Study time:** about N h, estimated' line"
+    assert float(stated.group(1)) == estimated_study_hours(nb), f"{path.name}: study time by the rule in SYLLABUS.md"
     wrong = WRONG_ANSWERS.get(path.name, {})
     for cell in graded:
         gid = nbgrader_meta(cell)["grade_id"]
