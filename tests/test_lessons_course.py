@@ -346,6 +346,14 @@ WRONG_ANSWERS: dict[str, dict[str, list]] = {
             edit("dv[b, kv] += p.T @ do", "dv[b, kv] = p.T @ do"),  # the last head of a group overwrites dv
             edit("dk[b, kv] += ds.T @ q[b, :, h]", "dk[b, kv] = ds.T @ q[b, :, h]"),  # ... and dk
             edit("softcap_backward(dcapped, s, cap)", "dcapped"),  # forgets the soft-cap
+            edit("dv[b, kv] += p.T @ do", "dv[:, kv] += p.T @ do"),  # sums dv over the batch (B = 1 hid it)
+            edit("do @ v[b, kv].T", "do @ v[0, kv].T"),  # the first batch entry's values for every entry
+            edit(  # T/S mix-up: probabilities recomputed as if the queries started at position 0 (S = T hid it)
+                "p, do = probs[b, kv, g], dout[b, :, h]  # (T, S), (T, hd)",
+                "do = dout[b, :, h]\n"
+                "            sc = softcap((q[b, :, h] @ k[b, kv].T) * multiplier, cap)  # (T, S)\n"
+                "            p = softmax(np.where(A.causal_mask(T, k.shape[2], 0), sc, A.MASKED))  # (T, S)",
+            ),
         ],
         "ex4-router-backward-check": [
             edit("if renormalize:", "if False:"),  # raw-gate gradient where renormalised gates were used
