@@ -307,6 +307,12 @@ WRONG_ANSWERS: dict[str, dict[str, list]] = {
                 "np.max(np.abs(blocks), axis=1, keepdims=True)",
             ),
             Q4_QUANTIZER.replace("np.float32(8.5)", "np.float32(8)"),  # truncates instead of rounding
+            Q4_QUANTIZER.replace(  # divides by d where ggml multiplies by 1/d: a level off on some values
+                "blocks * inv_d", "np.where(d == 0, np.float32(0), blocks / np.where(d == 0, np.float32(1), d))"
+            ),
+            Q4_QUANTIZER.replace(  # the last value of largest magnitude on ties, not the first
+                "np.argmax(np.abs(blocks), axis=1)", "31 - np.argmax(np.abs(blocks)[:, ::-1], axis=1)"
+            ),
         ],
     },
     "09_speed.ipynb": {
