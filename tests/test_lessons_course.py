@@ -333,6 +333,12 @@ WRONG_ANSWERS: dict[str, dict[str, list]] = {
                 "np.max(np.abs(blocks), axis=1, keepdims=True)",
             ),
             Q4_QUANTIZER.replace("np.float32(8.5)", "np.float32(8)"),  # truncates instead of rounding
+            Q4_QUANTIZER.replace(  # divides by d where ggml multiplies by 1/d: a level off on some values
+                "blocks * inv_d", "np.where(d == 0, np.float32(0), blocks / np.where(d == 0, np.float32(1), d))"
+            ),
+            Q4_QUANTIZER.replace(  # the last value of largest magnitude on ties, not the first
+                "np.argmax(np.abs(blocks), axis=1)", "31 - np.argmax(np.abs(blocks)[:, ::-1], axis=1)"
+            ),
         ],
     },
     "09_speed.ipynb": {
@@ -379,6 +385,14 @@ WRONG_ANSWERS: dict[str, dict[str, list]] = {
             edit("dv[b, kv] += p.T @ do", "dv[b, kv] = p.T @ do"),  # the last head of a group overwrites dv
             edit("dk[b, kv] += ds.T @ q[b, :, h]", "dk[b, kv] = ds.T @ q[b, :, h]"),  # ... and dk
             edit("softcap_backward(dcapped, s, cap)", "dcapped"),  # forgets the soft-cap
+            edit("dv[b, kv] += p.T @ do", "dv[:, kv] += p.T @ do"),  # sums dv over the batch (B = 1 hid it)
+            edit("do @ v[b, kv].T", "do @ v[0, kv].T"),  # the first batch entry's values for every entry
+            edit(  # T/S mix-up: probabilities recomputed as if the queries started at position 0 (S = T hid it)
+                "p, do = probs[b, kv, g], dout[b, :, h]  # (T, S), (T, hd)",
+                "do = dout[b, :, h]\n"
+                "            sc = softcap((q[b, :, h] @ k[b, kv].T) * multiplier, cap)  # (T, S)\n"
+                "            p = softmax(np.where(A.causal_mask(T, k.shape[2], 0), sc, A.MASKED))  # (T, S)",
+            ),
         ],
         "ex4-router-backward-check": [
             edit("if renormalize:", "if False:"),  # raw-gate gradient where renormalised gates were used
