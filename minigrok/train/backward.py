@@ -327,7 +327,8 @@ def load_balancing_loss(probs: np.ndarray, expert_ids: np.ndarray, num_experts: 
 
     f_i = fraction of tokens routed to expert i (counting all top-k slots, so Σ f = top_k), P_i = mean router
     probability of expert i. A perfectly balanced router gives top_k. probs (N, E), expert_ids (N, k).
-    Returns (loss, dprobs (N, E)); f is a count, so the gradient flows through P only.
+    Returns (loss, dprobs (N, E)); f comes from the top-k choice, which has no gradient, so the gradient flows
+    through P only.
     """
     n = probs.shape[0]
     f = np.bincount(expert_ids.ravel(), minlength=num_experts).astype(np.float32) / np.float32(n)  # (E,)
