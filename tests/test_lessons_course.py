@@ -259,7 +259,13 @@ WRONG_ANSWERS: dict[str, dict[str, list]] = {
             "def predict_distinct(n, k, B):\n    return n * (1 - ((n - 1) / n) ** (k * B))\n",
             edit("((n - k) / n) ** B", "((n - k) / n) ** (B - 1)"),  # off by one token
         ],
-        "ex2-step-bytes-check": [
+        "ex2-simulate-check": [
+            edit(  # the k picks of a token made with replacement
+                "np.argsort(rng.random((trials, B, n)), axis=-1)[:, :, :k]", "rng.integers(0, n, (trials, B, k))"
+            ),
+            edit("len(np.unique(batch))", "batch.size"),  # every pick counted, shared experts too
+        ],
+        "ex3-step-bytes-check": [
             edit("expert * np.sum(distinct_per_layer)", "expert * config.top_k * config.n_layers"),  # ignores the batch
             edit("    return bytes_per_weight * (shared + ", "    return bytes_per_weight * ("),  # no shared weights
             edit("config.n_params() - config.n_layers * config.num_experts * expert", "config.n_params()"),  # twice
@@ -342,7 +348,18 @@ WRONG_ANSWERS: dict[str, dict[str, list]] = {
         ],
     },
     "09_speed.ipynb": {
-        "ex1-q4-bytes-check": [
+        "ex1-q8-matvec-check": [
+            edit(
+                "qs.reshape(R, K // QK, QK).astype(np.float32)",
+                "qs.view(np.uint8).reshape(R, K // QK, QK).astype(np.float32)",
+            ),  # unsigned quants
+            edit("(per_block * d.astype(np.float32))", "(per_block * d[:, :1].astype(np.float32))"),  # one scale a row
+            edit(  # blocks taken down the row's columns instead of 32 neighbours
+                'np.einsum("rbj,bj->rb", blocks, x.reshape(K // QK, QK))',
+                'np.einsum("rjb,jb->rb", qs.reshape(R, QK, K // QK).astype(np.float32), x.reshape(QK, K // QK))',
+            ),
+        ],
+        "ex2-q4-bytes-check": [
             Q4_BYTES.replace("+ 2 * c.vocab_size * c.d_model ", ""),  # forgets the tied unembedding
             Q4_BYTES.replace("c.top_k * 3", "c.num_experts * 3"),  # reads every expert
             Q4_BYTES.replace("* 18 / 32", "* 34 / 32"),  # Q8_0's block size
@@ -352,7 +369,7 @@ WRONG_ANSWERS: dict[str, dict[str, list]] = {
             Q4_BYTES.replace("+ 4 * c.d_model)", "+ 3 * c.d_model)"),  # three norms a layer
             Q4_BYTES.replace("c.top_k * 3", "2 * 3"),  # top_k = 2 written in
         ],
-        "ex2-share-check": [
+        "ex3-share-check": [
             "def share_of_bound(tokens_per_s, bandwidth, bytes_per_token):\n"  # inverted
             "    return (bandwidth / bytes_per_token) / tokens_per_s\n",
             "def share_of_bound(tokens_per_s, bandwidth, bytes_per_token):\n"  # bandwidth taken as GB/s
