@@ -190,7 +190,12 @@ WRONG_ANSWERS: dict[str, dict[str, list]] = {
             "def cache_nbytes(config, batch_size, max_len):\n"  # every query head cached
             "    return 2 * config.n_layers * batch_size * config.n_heads * max_len * config.head_dim * 4\n"
         ],
-        "ex4-gqa-attention-check": [
+        "ex4-decode-step-check": [
+            edit("k_cache[h // group] @ q[h]", "k_cache[h % k_cache.shape[0]] @ q[h]"),  # interleaved head map
+            edit("scores = cap * np.tanh(scores / cap)", "pass"),  # no soft-cap
+            edit("probs / probs.sum() @ v_cache[h // group]", "v_cache[h // group][-1]"),  # only the newest token
+        ],
+        "ex5-gqa-attention-check": [
             GQA.replace("scores = cap * np.tanh(scores / cap)", "pass  # no soft-cap"),
             GQA.replace("k[h // group]", "k[h % k.shape[0]]").replace("v[h // group]", "v[h % k.shape[0]]"),
             GQA.replace("i - j < window", "i - j <= window"),  # window + 1 keys (the Mistral paper's code)
@@ -393,6 +398,11 @@ WRONG_ANSWERS: dict[str, dict[str, list]] = {
         "ex3-bytes-moved-check": [
             "def bytes_moved(config, remote_slots, bytes_per_number=2):\n"  # dispatch only, no combine
             "    return remote_slots * config.d_model * bytes_per_number\n"
+        ],
+        "ex4-capacity-check": [
+            edit("kept[s] = taken[e] < capacity", "kept[s] = taken[e] <= capacity"),  # one slot too many
+            edit("slots = expert_ids.reshape(-1)", "slots = expert_ids.T.reshape(-1)"),  # every token's 1st slot first
+            edit("taken[e] += kept[s]", "taken[e] += 1\n        kept[s] = True"),  # never drops
         ],
     },
     "11_backprop_attention_moe.ipynb": {
