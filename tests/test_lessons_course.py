@@ -269,6 +269,10 @@ WRONG_ANSWERS: dict[str, dict[str, list]] = {
                 "np.argsort(rng.random((trials, B, n)), axis=-1)[:, :, :k]", "rng.integers(0, n, (trials, B, k))"
             ),
             edit("len(np.unique(batch))", "batch.size"),  # every pick counted, shared experts too
+            edit(  # k neighbouring experts from a random start: the right mean, not every set equally likely
+                "np.argsort(rng.random((trials, B, n)), axis=-1)[:, :, :k]",
+                "(rng.integers(0, n, (trials, B, 1)) + np.arange(k)) % n",
+            ),
         ],
         "ex3-step-bytes-check": [
             edit("expert * np.sum(distinct_per_layer)", "expert * config.top_k * config.n_layers"),  # ignores the batch
