@@ -11,23 +11,31 @@ This command does the part a student needs without an nbgrader course directory:
 docstring) and ``ClearOutput`` preprocessors over every notebook and writes the results to DIR. nbgrader is an
 optional dependency: ``pip install -e ".[course]"``.
 
-Some lessons read the repository's measurements (``benchmarks/*.json``, ``benchmarks/bench.py``), found from the
-notebook's own folder (``REPO = Path.cwd().parent ...``). In the student edition that line names the repository the
-edition was written from, so the notebooks run from DIR wherever it is.
+Some lessons read the repository's measurements (``benchmarks/*.json``, ``benchmarks/bench.py``) through
+``minigrok.shipped.repository_dir()``, the repository minigrok is installed from, so the student edition runs from
+any folder (and under ``nbgrader autograde``) on a machine where minigrok is installed from a clone.
 """
 
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 from pathlib import Path
 
 INSTALL_HINT = 'the lessons command needs nbgrader; install it with: pip install -e ".[course]"'
-# the line by which a lesson finds the repository from its own folder (lessons/)
-REPO_LINE = re.compile(
-    r'^(\w+) = Path\.cwd\(\)\.parent if Path\.cwd\(\)\.name == "lessons" else Path\.cwd\(\).*$', re.M
-)
+STUDENT_README = """\
+# minigrok lessons: student edition
+
+Written by `python -m minigrok lessons --student` from the answer key in minigrok's repository (`lessons/`).
+In every exercise the solution is replaced by `raise NotImplementedError()` under the function's signature and
+docstring: write the function, then run the locked check cell below it, which fails until your answer is right.
+Write your answers to the questions in the cells that say YOUR ANSWER HERE. A worked answer follows some checks:
+try the exercise first.
+
+The notebooks read the shipped model and the repository's measurements through the installed package, so install
+minigrok from a clone (`pip install -e ".[lessons]"` in the repository) and run `jupyter lab` in this folder.
+SYLLABUS.md is the course plan: the order of the lessons, the readings and the final projects.
+"""
 
 
 def lessons_dir() -> Path:
@@ -58,11 +66,11 @@ def student_notebook(nb):
 
 
 def write_student_edition(source: Path, dest: Path, force: bool = False) -> list[Path]:
-    """Write the student edition of every ``*.ipynb`` in ``source`` (and copy its ``*.md`` files) to ``dest``.
-    Returns the notebooks written. Refuses (ValueError, FileExistsError, FileNotFoundError, OSError) a ``dest``
-    inside ``source``, a ``dest`` that is a file or cannot be made, and, unless force, a ``dest`` that already holds
-    lesson notebooks (a student's work). Each file is written to a temporary name and renamed, so an error leaves no
-    half-written notebook."""
+    """Write the student edition of every ``*.ipynb`` in ``source`` to ``dest``, with a README.md for students and
+    a copy of ``source``'s SYLLABUS.md. Returns the notebooks written. Refuses (ValueError, FileExistsError,
+    FileNotFoundError, OSError) a ``dest`` inside ``source``, a ``dest`` that is a file or cannot be made, and, unless
+    force, a ``dest`` that already holds any file it would write (a student's work, or their own README). Each file
+    is written to a temporary name and renamed, so an error leaves no half-written file."""
     import nbformat
 
     if not source.is_dir():
@@ -70,33 +78,34 @@ def write_student_edition(source: Path, dest: Path, force: bool = False) -> list
     if dest.resolve().is_relative_to(source.resolve()):  # pytest would collect the stubbed copies as lessons
         raise ValueError(f"--student {dest} is inside the answer key {source}; choose a folder outside it")
     if dest.exists() and not dest.is_dir():
-        raise FileExistsError(f"--student {dest} is a file, not a folder")
+        raise FileExistsError(f"--student {dest} is a file, not a folder: give a new or empty folder")
     notebooks = sorted(source.glob("*.ipynb"))
     if not notebooks:
         raise FileNotFoundError(f"no notebooks (*.ipynb) in {source}")
-    if not force and any((dest / p.name).exists() for p in notebooks):
-        raise FileExistsError(f"--student {dest} already holds lesson notebooks (a student's work?); pass --force")
+    texts = {"README.md": STUDENT_README}
+    if (source / "SYLLABUS.md").is_file():
+        texts["SYLLABUS.md"] = (source / "SYLLABUS.md").read_text(encoding="utf-8")
+    there = [name for name in [p.name for p in notebooks] + list(texts) if (dest / name).exists()]
+    if there and not force:
+        raise FileExistsError(
+            f"--student {dest} already holds {', '.join(there[:3])}{' ...' if len(there) > 3 else ''} (a student's "
+            "work?); choose another folder, or pass --force to overwrite them"
+        )
     try:
         dest.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise OSError(f"cannot create --student {dest}: {e.strerror}") from None
-    repo = source.resolve().parent
     written = []
     for path in notebooks:
-        student = student_notebook(nbformat.read(path, as_version=4))
-        for cell in student.cells:
-            if cell.cell_type == "code":
-                cell.source = REPO_LINE.sub(
-                    lambda m: f"{m.group(1)} = Path({str(repo)!r})  # the repository this edition was written from",
-                    cell.source,
-                )
         out = dest / path.name
         tmp = out.with_name(out.name + ".tmp")
-        nbformat.write(student, tmp)
+        nbformat.write(student_notebook(nbformat.read(path, as_version=4)), tmp)
         tmp.replace(out)
         written.append(out)
-    for md in sorted(source.glob("*.md")):
-        (dest / md.name).write_text(md.read_text(encoding="utf-8"), encoding="utf-8")
+    for name, text in texts.items():
+        tmp = dest / (name + ".tmp")
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(dest / name)
     return written
 
 
@@ -105,7 +114,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--student", metavar="DIR", required=True, help="write the student edition (solutions stubbed) to DIR"
     )
     p.add_argument("--from", dest="source", metavar="LESSONS", help="answer-key folder (default: the repo's lessons/)")
-    p.add_argument("--force", action="store_true", help="overwrite lesson notebooks already in DIR")
+    p.add_argument("--force", action="store_true", help="overwrite the lesson files already in DIR")
 
 
 def run(args) -> int:

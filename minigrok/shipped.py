@@ -1,4 +1,5 @@
-"""Where the shipped weights are: one function for the CLI, the lessons, the bench and the tests.
+"""Where the shipped weights are (one function for the CLI, the lessons, the bench and the tests), and the
+repository the lessons read their measurements from.
 
 ``weights/`` sits at the top of the repository. pyproject.toml installs it as the package data
 ``minigrok.weights`` (setuptools' ``package-dir``), so an editable install, ``pip install .`` and a built wheel
@@ -28,3 +29,18 @@ def shipped_model(name: str = DEFAULT_MODEL_NAME) -> Path:
 
     The file may be missing (a trimmed checkout); callers check and say how to get one."""
     return weights_dir() / name
+
+
+def repository_dir() -> Path:
+    """The minigrok repository this package was installed from (an editable install, or a checkout run in place):
+    the folder holding ``benchmarks/`` and, once prepared, ``data/``. The lessons find it this way wherever the
+    notebook runs (the repository's lessons/, a student's folder, nbgrader's ``autograded/<student>/<lesson>/``).
+
+    Raises FileNotFoundError when minigrok was installed from a wheel, which carries no ``benchmarks/``."""
+    repo = Path(__file__).resolve().parents[1]
+    if not (repo / "benchmarks").is_dir():
+        raise FileNotFoundError(
+            f"no benchmarks/ beside the minigrok package ({repo}): the lessons read the repository's measurements; "
+            'clone the repository and install it with `pip install -e ".[lessons]"`'
+        )
+    return repo

@@ -597,3 +597,29 @@ def test_student_edition_keeps_a_students_work_and_stays_out_of_the_key(tmp_path
     assert cli.main(["lessons", "--student", str(dest), "--force"]) == 0
     assert cli.main(["lessons", "--student", str(LESSONS / "student")]) == 1  # pytest would collect the stubs
     assert "inside the answer key" in capsys.readouterr().err and not (LESSONS / "student").exists()
+
+
+def test_student_edition_never_overwrites_a_readme_and_says_what_it_is(tmp_path, capsys):
+    dest = tmp_path / "course"
+    dest.mkdir()
+    (dest / "README.md").write_text("my own notes")
+    assert cli.main(["lessons", "--student", str(dest)]) == 1
+    err = capsys.readouterr().err
+    assert "README.md" in err and "--force" in err and err.count("\n") == 1
+    assert (dest / "README.md").read_text() == "my own notes" and not list(dest.glob("*.ipynb"))
+    assert cli.main(["lessons", "--student", str(dest), "--force"]) == 0
+    readme = (dest / "README.md").read_text()
+    assert "student edition" in readme and "answer key" in readme and "NotImplementedError" in readme
+    assert (dest / "SYLLABUS.md").read_text() == (LESSONS / "SYLLABUS.md").read_text()
+    assert not list(dest.glob("*.tmp"))
+
+
+def test_lessons_find_the_repository_through_the_package(monkeypatch, tmp_path):
+    from minigrok import shipped
+
+    assert (shipped.repository_dir() / "benchmarks" / "bench.py").is_file()
+    for path in NOTEBOOKS:  # no lesson looks for the repository from the folder it runs in
+        assert "Path.cwd()" not in path.read_text(), path.name
+    monkeypatch.setattr(shipped, "__file__", str(tmp_path / "site-packages" / "minigrok" / "shipped.py"))
+    with pytest.raises(FileNotFoundError, match=r"pip install -e"):
+        shipped.repository_dir()
