@@ -32,8 +32,9 @@ docstring: write the function, then run the locked check cell below it, which fa
 Write your answers to the questions in the cells that say YOUR ANSWER HERE. A worked answer follows some checks:
 try the exercise first.
 
-The notebooks read the shipped model and the repository's measurements through the installed package, so install
-minigrok from a clone (`pip install -e ".[lessons]"` in the repository) and run `jupyter lab` in this folder.
+The notebooks read the shipped model and the repository's measurements through the installed package, so clone
+minigrok's repository (your teacher says where), install it from the clone with `pip install -e ".[lessons]"`
+(minigrok, Jupyter, matplotlib), and run `jupyter lab` in this folder.
 SYLLABUS.md is the course plan: the order of the lessons, the readings and the final projects.
 """
 
@@ -75,13 +76,13 @@ def write_student_edition(source: Path, dest: Path, force: bool = False) -> list
 
     if not source.is_dir():
         raise FileNotFoundError(f"--from {source}: " + ("is a file, not a folder" if source.exists() else "not found"))
-    if dest.resolve().is_relative_to(source.resolve()):  # pytest would collect the stubbed copies as lessons
-        raise ValueError(f"--student {dest} is inside the answer key {source}; choose a folder outside it")
-    if dest.exists() and not dest.is_dir():
-        raise FileExistsError(f"--student {dest} is a file, not a folder: give a new or empty folder")
     notebooks = sorted(source.glob("*.ipynb"))
     if not notebooks:
-        raise FileNotFoundError(f"no notebooks (*.ipynb) in {source}")
+        raise FileNotFoundError(f"no notebooks (*.ipynb) in {source.resolve()}")
+    if dest.resolve().is_relative_to(source.resolve()):  # pytest would collect the stubbed copies as lessons
+        raise ValueError(f"--student {dest} is inside the answer key {source.resolve()}; choose a folder outside it")
+    if dest.exists() and not dest.is_dir():
+        raise FileExistsError(f"--student {dest} is a file, not a folder: give a new or empty folder")
     texts = {"README.md": STUDENT_README}
     if (source / "SYLLABUS.md").is_file():
         texts["SYLLABUS.md"] = (source / "SYLLABUS.md").read_text(encoding="utf-8")
@@ -89,7 +90,7 @@ def write_student_edition(source: Path, dest: Path, force: bool = False) -> list
     if there and not force:
         raise FileExistsError(
             f"--student {dest} already holds {', '.join(there[:3])}{' ...' if len(there) > 3 else ''} (a student's "
-            "work?); choose another folder, or pass --force to overwrite them"
+            "work?); choose another folder, or pass --force to overwrite what is there"
         )
     try:
         dest.mkdir(parents=True, exist_ok=True)
@@ -123,6 +124,8 @@ def run(args) -> int:
     except ImportError:
         print(f"minigrok: error: {INSTALL_HINT}", file=sys.stderr)
         return 1
+    if not args.student.strip():  # Path("") is the current folder
+        raise ValueError("--student needs a folder name, e.g. --student class")
     source = Path(args.source) if args.source else lessons_dir()
     written = write_student_edition(source, Path(args.student), force=args.force)
     print(f"wrote the student edition of {len(written)} notebooks to {args.student}")

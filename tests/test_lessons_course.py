@@ -623,3 +623,12 @@ def test_lessons_find_the_repository_through_the_package(monkeypatch, tmp_path):
     monkeypatch.setattr(shipped, "__file__", str(tmp_path / "site-packages" / "minigrok" / "shipped.py"))
     with pytest.raises(FileNotFoundError, match=r"pip install -e"):
         shipped.repository_dir()
+
+
+def test_student_edition_refuses_an_empty_path_and_a_source_without_notebooks(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["lessons", "--student", ""]) == 1
+    assert "needs a folder name" in capsys.readouterr().err and not list(tmp_path.iterdir())
+    (tmp_path / "empty").mkdir()
+    assert cli.main(["lessons", "--student", "out", "--from", "empty/.."]) == 1
+    assert "no notebooks" in capsys.readouterr().err and not (tmp_path / "out").exists()
